@@ -1,0 +1,112 @@
+"""PonderConfig: Megatron's TransformerConfig plus the fields of pondering and latent thoughts.
+
+Modes (``ponder_mode``):
+  * ``none``   vanilla Megatron GPT (baselines share all plumbing with the other modes);
+  * ``ponder`` PonderLM: ``ponder_steps`` extra passes, each feeding back the
+    probability-weighted sum of all token embeddings;
+  * ``latent`` PonderLM-2: ``num_latent_thoughts`` thoughts per token, trained with Jacobi rounds
+    over the interleaved token/thought sequence.
+
+The equations are in DESIGN.md ("The methods, exactly"); every field below names the symbol it sets.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+PONDER_MODES = ("none", "ponder", "latent")
+
+
+class PonderConfigError(ValueError):
+    """A PonderConfig field has a value the method cannot run with."""
+
+
+@dataclass
+class PonderConfig(TransformerConfig):
+    """TransformerConfig with the method's fields (validated in ``__post_init__``)."""
+
+    ponder_mode: str = "none"
+    """``none`` | ``ponder`` | ``latent``."""
+
+    ponder_steps: int = 3
+    """Ponder mode: S, the number of feedback passes before the final (loss) pass."""
+
+    ponder_accumulate: bool = True
+    """Ponder mode: ``cur = cur + p @ E`` (True, the reference code) or ``cur = e_0 + p @ E``."""
+
+    ponder_vocab_size: Optional[int] = None
+    """Ponder mode: rows of the embedding that are real tokens; rows past it (vocabulary padding)
+    get probability 0 in the mixture. None: every row is a token."""
+
+    num_latent_thoughts: int = 1
+    """Latent mode: N, the thoughts emitted before each real token."""
+
+    jacobi_train_rounds: Tuple[int, int] = (2, 3)
+    """Latent mode: inclusive range [lo, hi] from which the Jacobi round count J of a training
+    step is drawn uniformly (the same J on every rank, see :meth:`jacobi_rounds_for_iteration`)."""
+
+    jacobi_eval_rounds: int = 3
+    """Latent mode: J used when the model is in eval mode."""
+
+    jacobi_seed: int = 0
+    """Latent mode: seed of the per-iteration draw of J (independent of every other RNG)."""
+
+    input_embedding_scale: Optional[float] = None
+    """Multiplier of the input embedding E(x) (and, in ponder mode, of the mixed embedding).
+    None picks the default: in latent mode ``1 / init_method_std``, so token slots (RMS about
+    init_method_std * scale = 1) and thought slots (final-norm outputs, RMS about 1) enter the
+    transformer at comparable scale; 1.0 in modes ``none`` and ``ponder`` (whose feedback is
+    made of the same embedding rows as e_0, so the relative scale is already right)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._validate_ponder_fields()
+        if self.input_embedding_scale is None:
+            self.input_embedding_scale = (
+                1.0 / self.init_method_std if self.ponder_mode == "latent" else 1.0
+            )
+
+    def _validate_ponder_fields(self) -> None:
+        def fail(field: str, message: str):
+            raise PonderConfigError(f"PonderConfig.{field} {message}")
+
+        if self.ponder_mode not in PONDER_MODES:
+            fail("ponder_mode", f"must be one of {', '.join(PONDER_MODES)}; got {self.ponder_mode!r}")
+        if not isinstance(self.ponder_steps, int) or self.ponder_steps < 1:
+            fail("ponder_steps", f"must be an integer >= 1; got {self.ponder_steps!r}")
+        if self.ponder_vocab_size is not None and self.ponder_vocab_size < 1:
+            fail("ponder_vocab_size", f"must be >= 1 or None; got {self.ponder_vocab_size!r}")
+        if not isinstance(self.num_latent_thoughts, int) or self.num_latent_thoughts < 1:
+            fail("num_latent_thoughts", f"must be an integer >= 1; got {self.num_latent_thoughts!r}")
+        rounds = self.jacobi_train_rounds
+        if (
+            not isinstance(rounds, (tuple, list))
+            or len(rounds) != 2
+            or not all(isinstance(r, int) for r in rounds)
+        ):
+            fail("jacobi_train_rounds", f"must be a pair (lo, hi) of integers; got {rounds!r}")
+        if rounds[0] < 0 or rounds[0] > rounds[1]:
+            fail("jacobi_train_rounds", f"must satisfy 0 <= lo <= hi (a non-empty range); got {rounds!r}")
+        self.jacobi_train_rounds = tuple(rounds)
+        if not isinstance(self.jacobi_eval_rounds, int) or self.jacobi_eval_rounds < 0:
+            fail("jacobi_eval_rounds", f"must be an integer >= 0; got {self.jacobi_eval_rounds!r}")
+        if self.input_embedding_scale is not None and not self.input_embedding_scale > 0:
+            fail("input_embedding_scale", f"must be > 0 or None; got {self.input_embedding_scale!r}")
+
+    @property
+    def slots_per_token(self) -> int:
+        """Sequence slots each real token occupies: N+1 in latent mode, 1 otherwise."""
+        return self.num_latent_thoughts + 1 if self.ponder_mode == "latent" else 1
+
+    def jacobi_rounds_for_iteration(self, iteration: int) -> int:
+        """J for training iteration ``iteration``: uniform over ``jacobi_train_rounds``.
+
+        A pure function of (jacobi_seed, iteration), so every rank, every microbatch of a step and
+        a resumed run draw the same J without communicating.
+        """
+        lo, hi = self.jacobi_train_rounds
+        return random.Random(self.jacobi_seed * 1_000_003 + iteration).randint(lo, hi)

@@ -1,0 +1,86 @@
+"""Layer specs: which Megatron modules build each transformer layer.
+
+* :func:`get_local_block_spec` — Megatron-Core's local (non-Transformer-Engine) GPT layer, with a
+  torch norm that also works under sequence parallelism (CPU runs, tests, laptops).
+
+The Transformer Engine spec (GPU) and the GPT-NeoX parallel-residual spec plug in here too.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Optional
+
+import torch
+
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.transformer_block import (
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+
+class SequenceParallelTorchNorm:
+    """torch ``LayerNorm``/``RMSNorm`` built from a Megatron config, usable under sequence parallelism.
+
+    Megatron's ``WrappedTorchNorm`` refuses ``sequence_parallel=True``. The norm itself is
+    per-token, so it is correct on a sequence shard; what SP needs is that its (replicated)
+    parameters are tagged ``sequence_parallel`` so ``finalize_model_grads`` all-reduces their
+    gradients over the tensor-parallel group.
+    """
+
+    def __new__(
+        cls,
+        config: TransformerConfig,
+        hidden_size: int,
+        eps: float = 1e-5,
+        persist_layer_norm: bool = False,
+        zero_centered_gamma: bool = False,
+        normalization: str = "LayerNorm",
+    ) -> torch.nn.Module:
+        if config.layernorm_zero_centered_gamma:
+            raise ValueError(
+                "layernorm_zero_centered_gamma needs the Transformer Engine spec; "
+                "the local spec uses plain torch norms"
+            )
+        norm_classes = {"LayerNorm": torch.nn.LayerNorm, "RMSNorm": torch.nn.RMSNorm}
+        if config.normalization not in norm_classes:
+            raise ValueError(
+                f"normalization={config.normalization!r} is not supported by the local spec; "
+                f"use one of {sorted(norm_classes)}"
+            )
+        norm = norm_classes[config.normalization](
+            normalized_shape=hidden_size, eps=eps, dtype=config.params_dtype
+        )
+        for param in norm.parameters():
+            param.sequence_parallel = config.sequence_parallel
+        return norm
+
+
+def get_local_block_spec(
+    config: TransformerConfig, vp_stage: Optional[int] = None
+) -> TransformerBlockSubmodules:
+    """Megatron's local GPT layer spec for ``config`` with SP-capable norms, as a block spec.
+
+    Args:
+        config: the model config (normalization, qk_layernorm and pipeline layout are read).
+        vp_stage: virtual pipeline stage, for the number of layers this stage builds.
+    """
+    layer_spec = copy.deepcopy(
+        get_gpt_layer_local_spec(
+            normalization=config.normalization, qk_layernorm=config.qk_layernorm
+        )
+    )
+    layer = layer_spec.submodules
+    layer.input_layernorm = SequenceParallelTorchNorm
+    layer.pre_mlp_layernorm = SequenceParallelTorchNorm
+    attention = layer.self_attention.submodules
+    for name in ("q_layernorm", "k_layernorm"):
+        if getattr(attention, name, IdentityOp) is not IdentityOp:
+            setattr(attention, name, SequenceParallelTorchNorm)
+    return TransformerBlockSubmodules(
+        layer_specs=[layer_spec] * get_num_layers_to_build(config, vp_stage=vp_stage),
+        layer_norm=SequenceParallelTorchNorm,
+    )

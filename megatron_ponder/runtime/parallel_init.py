@@ -1,0 +1,77 @@
+"""Process-group and Megatron model-parallel initialisation for one process or torchrun.
+
+One call, :func:`initialize_parallel`, used by the tests and the training entry point:
+it starts ``torch.distributed`` from torchrun's environment (or as a world of one), applies
+the CPU runtime when there is no GPU, builds Megatron's TP/PP/CP/DP groups and seeds the
+model-parallel RNG tracker.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def initialize_parallel(
+    tensor_model_parallel_size: int = 1,
+    pipeline_model_parallel_size: int = 1,
+    context_parallel_size: int = 1,
+    seed: int = 1234,
+    timeout_minutes: int = 10,
+) -> None:
+    """Initialise distributed state; safe to call again with the same sizes.
+
+    Backend: NCCL when CUDA is available, gloo (plus :func:`enable_cpu_megatron`) otherwise.
+    Without torchrun's ``RANK``/``WORLD_SIZE`` it runs as a world of one on a free local port.
+    """
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    use_cuda = torch.cuda.is_available()
+    if not use_cuda:
+        from megatron_ponder.runtime.cpu import enable_cpu_megatron
+
+        enable_cpu_megatron()
+
+    if not dist.is_initialized():
+        rank = int(os.environ.get("RANK", "0"))
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if "MASTER_ADDR" not in os.environ:
+            os.environ["MASTER_ADDR"] = "127.0.0.1"
+        if "MASTER_PORT" not in os.environ:
+            os.environ["MASTER_PORT"] = str(_free_port())
+        if use_cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(minutes=timeout_minutes),
+        )
+
+    world_size = dist.get_world_size()
+    model_parallel = tensor_model_parallel_size * pipeline_model_parallel_size * context_parallel_size
+    if world_size % model_parallel != 0:
+        raise ValueError(
+            f"world size {world_size} is not divisible by tensor x pipeline x context parallel "
+            f"size {model_parallel}: choose sizes whose product divides the number of processes"
+        )
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=tensor_model_parallel_size,
+        pipeline_model_parallel_size=pipeline_model_parallel_size,
+        context_parallel_size=context_parallel_size,
+    )
+    model_parallel_cuda_manual_seed(seed)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
