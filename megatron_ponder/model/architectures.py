@@ -1,0 +1,87 @@
+"""Architecture styles (LLaMA, GPT-2) as plain Megatron config, and the model builder.
+
+A style is the part of a model that is not its size: norm, MLP activation, biases, position
+embedding, tied or untied output layer. Everything maps onto stock Megatron-Core options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import torch.nn.functional as F
+
+from megatron_ponder.config import PonderConfig
+from megatron_ponder.model.ponder_gpt import PonderGPTModel
+from megatron_ponder.model.specs import get_local_block_spec
+
+
+@dataclass(frozen=True)
+class ArchitectureStyle:
+    """TransformerConfig fields plus the two GPTModel arguments that make a style."""
+
+    config_fields: Dict[str, Any] = field(default_factory=dict)
+    position_embedding_type: str = "learned_absolute"
+    share_embeddings_and_output_weights: bool = True
+
+
+ARCHITECTURE_STYLES: Dict[str, ArchitectureStyle] = {
+    # RMSNorm, SwiGLU, RoPE, no biases, untied embeddings (GQA: set num_query_groups).
+    "llama": ArchitectureStyle(
+        config_fields=dict(
+            normalization="RMSNorm",
+            gated_linear_unit=True,
+            activation_func=F.silu,
+            add_bias_linear=False,
+            bias_activation_fusion=False,
+        ),
+        position_embedding_type="rope",
+        share_embeddings_and_output_weights=False,
+    ),
+    # LayerNorm, GeLU MLP with biases, learned absolute positions, tied embeddings.
+    "gpt2": ArchitectureStyle(
+        config_fields=dict(normalization="LayerNorm", activation_func=F.gelu, add_bias_linear=True),
+        position_embedding_type="learned_absolute",
+        share_embeddings_and_output_weights=True,
+    ),
+}
+
+
+def get_style(name: str) -> ArchitectureStyle:
+    if name not in ARCHITECTURE_STYLES:
+        raise ValueError(
+            f"unknown architecture style {name!r}; choose one of {sorted(ARCHITECTURE_STYLES)}"
+        )
+    return ARCHITECTURE_STYLES[name]
+
+
+def make_ponder_config(style: str, **fields) -> PonderConfig:
+    """PonderConfig for ``style``; ``fields`` (sizes, mode, parallelism...) override the style."""
+    return PonderConfig(**{**get_style(style).config_fields, **fields})
+
+
+def build_ponder_gpt(
+    config: PonderConfig,
+    style: str,
+    vocab_size: int,
+    max_sequence_length: int,
+    pre_process: bool = True,
+    post_process: bool = True,
+    vp_stage: Optional[int] = None,
+) -> PonderGPTModel:
+    """A PonderGPTModel of ``style`` on the local layer spec.
+
+    ``max_sequence_length`` counts tokens, not slots: thought slots reuse their token's position.
+    """
+    chosen = get_style(style)
+    return PonderGPTModel(
+        config,
+        get_local_block_spec(config, vp_stage=vp_stage),
+        vocab_size=vocab_size,
+        max_sequence_length=max_sequence_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=chosen.share_embeddings_and_output_weights,
+        position_embedding_type=chosen.position_embedding_type,
+        vp_stage=vp_stage,
+    )
