@@ -1,7 +1,8 @@
 """Layer specs: which Megatron modules build each transformer layer.
 
 * :func:`get_local_block_spec` — Megatron-Core's local (non-Transformer-Engine) GPT layer, with a
-  torch norm that also works under sequence parallelism (CPU runs, tests, laptops).
+  torch norm that also works under sequence parallelism and, when context parallelism is on, a
+  core attention that implements it (CPU runs, tests, laptops).
 
 The Transformer Engine spec (GPU) and the GPT-NeoX parallel-residual spec plug in here too.
 """
@@ -20,6 +21,8 @@ from megatron.core.transformer.transformer_block import (
     get_num_layers_to_build,
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_ponder.parallel.context_parallel import ContextParallelLocalAttention
 
 
 class SequenceParallelTorchNorm:
@@ -80,6 +83,9 @@ def get_local_block_spec(
     for name in ("q_layernorm", "k_layernorm"):
         if getattr(attention, name, IdentityOp) is not IdentityOp:
             setattr(attention, name, SequenceParallelTorchNorm)
+    if config.context_parallel_size > 1:
+        # Megatron's local DotProductAttention refuses CP; this one all-gathers K/V over CP.
+        attention.core_attention = ContextParallelLocalAttention
     return TransformerBlockSubmodules(
         layer_specs=[layer_spec] * get_num_layers_to_build(config, vp_stage=vp_stage),
         layer_norm=SequenceParallelTorchNorm,

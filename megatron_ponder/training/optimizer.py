@@ -1,0 +1,48 @@
+"""Megatron DDP (optionally with the distributed optimizer) around a model, and its optimizer."""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.distributed.finalize_model_grads import finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+
+def wrap_and_build_optimizer(
+    model_chunks: List[torch.nn.Module],
+    optimizer_config: OptimizerConfig,
+    overlap_grad_reduce: bool = False,
+) -> Tuple[List[DistributedDataParallel], object]:
+    """Wrap every model chunk in Megatron DDP and build Megatron's optimizer over them.
+
+    ``optimizer_config.use_distributed_optimizer`` shards optimizer state (ZeRO-1) over the
+    data-parallel group. The model config must already carry ``calculate_per_token_loss=True``
+    (DDP then sums gradients and ``finalize_model_grads`` divides by the global token count).
+    """
+    config = model_chunks[0].config
+    if not config.calculate_per_token_loss:
+        raise ValueError(
+            "set calculate_per_token_loss=True in the model config: the training step returns "
+            "per-token loss sums and relies on finalize_model_grads to divide by the token count"
+        )
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=overlap_grad_reduce,
+        use_distributed_optimizer=optimizer_config.use_distributed_optimizer,
+    )
+    wrapped = [
+        DistributedDataParallel(
+            config,
+            ddp_config,
+            chunk,
+            # Only the first chunk's buffers may be bucketed together with later chunks' grads.
+            disable_bucketing=index > 0,
+        )
+        for index, chunk in enumerate(model_chunks)
+    ]
+    config.finalize_model_grads_func = finalize_model_grads
+    optimizer = get_megatron_optimizer(optimizer_config, wrapped)
+    return wrapped, optimizer

@@ -1,0 +1,155 @@
+"""One training (or evaluation) step through Megatron-Core's pipeline schedules.
+
+The loss is Megatron's per-token form: each microbatch returns (sum of token losses, token
+count) and ``finalize_model_grads`` divides the gradients by the token count of the whole global
+batch (all microbatches, data- and context-parallel ranks). The result is the exact mean over the
+global batch whatever the layout, which is what lets every parallel layout reproduce the
+single-process run.
+
+A batch is a dict of [b, L] tensors: ``tokens``, ``labels``, ``loss_mask``, ``position_ids`` and
+optionally ``attention_mask`` ([b|1, 1, L, L], True = masked; None means causal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from megatron_ponder.parallel.context_parallel import split_batch_for_context_parallel
+
+
+def unwrap_model(module: torch.nn.Module) -> torch.nn.Module:
+    """Strip DDP / Float16Module wrappers (each keeps the wrapped model in ``.module``)."""
+    while hasattr(module, "module"):
+        module = module.module
+    return module
+
+
+def masked_token_loss(loss_mask: Tensor, per_token_loss: Tensor) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+    """Megatron's 3-tuple loss: (sum of masked token losses, token count, report).
+
+    Args:
+        loss_mask: [b, L] 1 where the token counts.
+        per_token_loss: [b, L] the model's output with labels.
+
+    Returns:
+        loss sum (scalar, differentiable), token count (int scalar), and
+        ``{"lm loss": [sum, count]}`` (detached) for logging.
+    """
+    mask = loss_mask.float()
+    loss_sum = (per_token_loss.float() * mask).sum()
+    count = mask.sum()
+    return loss_sum, count.to(torch.int), {"lm loss": torch.stack([loss_sum.detach(), count])}
+
+
+def forward_step(data_iterator: Iterator[Dict[str, Tensor]], model: torch.nn.Module):
+    """Megatron ``forward_step_func``: this rank's CP slice of the next microbatch through the model."""
+    batch = split_batch_for_context_parallel(next(data_iterator))
+    output = model(
+        batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"]
+    )
+    return output, partial(masked_token_loss, batch["loss_mask"])
+
+
+@dataclass
+class StepResult:
+    """What a step reports (identical on every rank)."""
+
+    loss: float  # mean token loss over the global batch
+    tokens: int  # tokens that counted, whole global batch
+    grad_norm: Optional[float] = None
+    skipped: bool = False  # optimizer skipped the update (e.g. inf/nan gradients)
+    jacobi_residuals: Optional[List[float]] = None  # latent mode, last microbatch, this rank
+
+
+def _global_mean_loss(reports: List[Dict[str, Tensor]]) -> Tuple[float, int]:
+    """Sum [loss_sum, count] over microbatches and data/context-parallel ranks; broadcast over PP."""
+    total = torch.zeros(2, dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        for report in reports:
+            total += report["lm loss"].double()
+        dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        dist.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
+    loss_sum, count = total.tolist()
+    return loss_sum / max(count, 1.0), int(count)
+
+
+def _set_iteration(model_chunks: List[torch.nn.Module], iteration: int) -> None:
+    for chunk in model_chunks:
+        unwrap_model(chunk).iteration = iteration
+
+
+def _jacobi_residuals(model_chunks: List[torch.nn.Module]) -> Optional[List[float]]:
+    residuals = getattr(unwrap_model(model_chunks[-1]), "last_jacobi_residuals", None)
+    return [float(r) for r in residuals] if residuals else None
+
+
+def train_step(
+    model_chunks: List[torch.nn.Module],
+    optimizer,
+    data_iterator: Iterator[Dict[str, Tensor]],
+    num_microbatches: int,
+    micro_batch_size: int,
+    seq_length: int,
+    iteration: int,
+) -> StepResult:
+    """Forward and backward over ``num_microbatches`` microbatches, then one optimizer step."""
+    _set_iteration(model_chunks, iteration)
+    for chunk in model_chunks:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
+    reports = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=data_iterator,
+        model=model_chunks,
+        num_microbatches=num_microbatches,
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=False,
+    )
+    success, grad_norm, _ = optimizer.step()
+    loss, tokens = _global_mean_loss(reports)
+    return StepResult(
+        loss=loss,
+        tokens=tokens,
+        grad_norm=None if grad_norm is None else float(grad_norm),
+        skipped=not success,
+        jacobi_residuals=_jacobi_residuals(model_chunks),
+    )
+
+
+@torch.no_grad()
+def evaluation_step(
+    model_chunks: List[torch.nn.Module],
+    data_iterator: Iterator[Dict[str, Tensor]],
+    num_microbatches: int,
+    micro_batch_size: int,
+    seq_length: int,
+) -> StepResult:
+    """Forward only (eval mode: latent mode uses ``jacobi_eval_rounds``)."""
+    for chunk in model_chunks:
+        chunk.eval()
+    try:
+        reports = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=data_iterator,
+            model=model_chunks,
+            num_microbatches=num_microbatches,
+            seq_length=seq_length,
+            micro_batch_size=micro_batch_size,
+            forward_only=True,
+        )
+    finally:
+        for chunk in model_chunks:
+            chunk.train()
+    loss, tokens = _global_mean_loss(reports)
+    return StepResult(loss=loss, tokens=tokens, jacobi_residuals=_jacobi_residuals(model_chunks))
