@@ -34,16 +34,19 @@ def _is_cuda_device(device) -> bool:
 
 
 class _CudaToCpuMode(torch.overrides.TorchFunctionMode):
-    """Rewrites ``device="cuda"`` in tensor factory calls to CPU.
+    """Rewrites ``device="cuda"`` in tensor factory calls to CPU and drops ``pin_memory``.
 
     Why: schedules, the optimizer, clip_grads and the grad buffers allocate with a hard-coded
-    ``device="cuda"`` or ``torch.cuda.current_device()``.
+    ``device="cuda"`` or ``torch.cuda.current_device()``; RoPE's CP slicing pins a CPU tensor,
+    which needs a CUDA allocator.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _is_cuda_device(kwargs.get("device")):
-            kwargs = dict(kwargs, device="cpu")
+        if _is_cuda_device(kwargs.get("device")) or kwargs.get("pin_memory"):
+            kwargs = dict(kwargs)
+            if _is_cuda_device(kwargs.get("device")):
+                kwargs["device"] = "cpu"
             kwargs.pop("pin_memory", None)
         return func(*args, **kwargs)
 

@@ -1,0 +1,131 @@
+"""torchrun worker: train tiny models a few steps in one parallel layout and write what it saw.
+
+Every mode in ``--modes`` starts from the same initial checkpoint (``--init``, saved by
+``--save-init`` in a world of one), trains ``--steps`` optimizer steps on the same global
+batches, and records the global mean loss and the grad norm of every step. The test compares
+these numbers across layouts.
+
+    torchrun --nproc-per-node 2 tests/parallel/layout_worker.py --tp 2 --sp --init DIR --out F
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+
+sys.path[:0] = [os.path.join(os.path.dirname(__file__), ".."), os.path.join(os.path.dirname(__file__), "..", "..")]
+warnings.filterwarnings("ignore")
+
+import torch  # noqa: E402
+
+# Mode name -> PonderConfig fields. Latent modes draw J per step from (1, 3).
+MODES = {
+    "none": dict(ponder_mode="none"),
+    "ponder": dict(ponder_mode="ponder", ponder_steps=2),
+    "latent1": dict(ponder_mode="latent", num_latent_thoughts=1, jacobi_train_rounds=(1, 3)),
+    "latent2": dict(ponder_mode="latent", num_latent_thoughts=2, jacobi_train_rounds=(1, 3)),
+}
+SEQ_LENGTH = 8
+MICRO_BATCH = 2
+GLOBAL_BATCH = 8
+# Adam's first steps move every weight by about lr * sign(g): with the default eps (1e-8) a weight
+# whose true gradient is ~0 moves by +-lr on fp32 rounding noise, and layouts (which round
+# differently) diverge for reasons unrelated to correctness. A larger eps keeps updates smooth
+# in g for tiny gradients, so the comparison measures the gradients, not the rounding.
+ADAM_EPS = 1e-3
+
+
+def global_batch(step: int):
+    """The same [GLOBAL_BATCH, L] samples on every rank and in every layout."""
+    from tiny_models import random_batch
+
+    tokens, labels, positions = random_batch(GLOBAL_BATCH, SEQ_LENGTH, seed=1000 + step)
+    loss_mask = torch.ones_like(tokens)
+    loss_mask[0, :3] = 0  # a partly masked sample: token counts differ between microbatches
+    return tokens, labels, positions, loss_mask
+
+
+def microbatches(step: int, dp_rank: int, dp_size: int):
+    tokens, labels, positions, loss_mask = global_batch(step)
+    per_rank = GLOBAL_BATCH // dp_size
+    out = []
+    for start in range(dp_rank * per_rank, (dp_rank + 1) * per_rank, MICRO_BATCH):
+        part = slice(start, start + MICRO_BATCH)
+        out.append(
+            dict(tokens=tokens[part], labels=labels[part], position_ids=positions[part],
+                 loss_mask=loss_mask[part], attention_mask=None)
+        )
+    return out
+
+
+def build(args, mode_fields):
+    from tiny_models import tiny_model
+
+    return tiny_model(
+        args.style,
+        tensor_model_parallel_size=args.tp,
+        context_parallel_size=args.cp,
+        sequence_parallel=args.sp,
+        calculate_per_token_loss=True,
+        **mode_fields,
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--style", default="llama")
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--cp", type=int, default=1)
+    parser.add_argument("--sp", action="store_true")
+    parser.add_argument("--distributed-optimizer", action="store_true")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--init", required=True, help="initial checkpoint folder")
+    parser.add_argument("--save-init", action="store_true", help="only write the initial checkpoint")
+    parser.add_argument("--out", help="JSON results (rank 0 writes)")
+    args = parser.parse_args()
+
+    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core.optimizer import OptimizerConfig
+
+    from megatron_ponder.runtime.parallel_init import initialize_parallel
+    from megatron_ponder.training.optimizer import wrap_and_build_optimizer
+    from megatron_ponder.training.step import train_step
+
+    initialize_parallel(tensor_model_parallel_size=args.tp, context_parallel_size=args.cp)
+    if args.save_init:
+        model = build(args, MODES["none"])
+        os.makedirs(args.init, exist_ok=True)
+        dist_checkpointing.save(model.sharded_state_dict(), args.init)
+        return
+
+    dp_rank = parallel_state.get_data_parallel_rank()
+    dp_size = parallel_state.get_data_parallel_world_size()
+    results = {}
+    for mode in args.modes.split(","):
+        torch.manual_seed(1234)
+        model = build(args, MODES[mode])
+        model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), args.init))
+        chunks, optimizer = wrap_and_build_optimizer(
+            [model],
+            OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=1.0, weight_decay=0.01, adam_eps=ADAM_EPS,
+                            use_distributed_optimizer=args.distributed_optimizer),
+        )
+        losses, grad_norms = [], []
+        for step in range(args.steps):
+            batches = microbatches(step, dp_rank, dp_size)
+            result = train_step(chunks, optimizer, iter(batches), len(batches), MICRO_BATCH,
+                                SEQ_LENGTH, iteration=step)
+            losses.append(result.loss)
+            grad_norms.append(result.grad_norm)
+        results[mode] = dict(losses=losses, grad_norms=grad_norms)
+    if torch.distributed.get_rank() == 0 and args.out:
+        with open(args.out, "w") as handle:
+            json.dump(results, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
