@@ -33,6 +33,7 @@ from megatron_ponder.model.vocab_mixing import (
     probability_weighted_embedding,
     vocab_parallel_softmax,
 )
+from megatron_ponder.parallel.context_parallel import check_sequence_layout
 
 
 class PonderGPTModel(GPTModel):
@@ -86,6 +87,11 @@ class PonderGPTModel(GPTModel):
             num_jacobi_rounds: latent mode only; overrides J for this call.
         """
         mode = self.config.ponder_mode
+        if self.config.sequence_parallel and self.pre_process:
+            # Megatron's scatter would fail deep inside with a shape error; say what is wrong.
+            check_sequence_layout(
+                input_ids.size(1), self.config.tensor_model_parallel_size, True, 1
+            )
         if mode == "none":
             return super().forward(
                 input_ids,
