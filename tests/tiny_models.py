@@ -7,7 +7,7 @@ loss, so a wrong mixing could pass unnoticed.
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -37,10 +37,13 @@ def tiny_config(style: str, **fields):
     return make_ponder_config(style, **{**base, **fields})
 
 
-def tiny_model(style: str, seed: int = 0, **fields) -> PonderGPTModel:
-    """A tiny PonderGPTModel; norm weights/biases are randomised so no mapping error can hide."""
+def tiny_model(style: str, seed: int = 0, tied: Optional[bool] = None, **fields) -> PonderGPTModel:
+    """A tiny PonderGPTModel for this rank's pipeline stage; norm weights and biases are
+    randomised so no mapping error can hide. ``tied`` overrides the style's embedding tying."""
     torch.manual_seed(seed)
-    model = build_ponder_gpt(tiny_config(style, **fields), style, VOCAB, MAX_POSITIONS)
+    model = build_ponder_gpt(
+        tiny_config(style, **fields), style, VOCAB, MAX_POSITIONS, share_embeddings_and_output_weights=tied
+    )
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in model.named_parameters():

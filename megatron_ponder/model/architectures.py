@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
 import torch.nn.functional as F
+from megatron.core import parallel_state
 
 from megatron_ponder.config import PonderConfig
 from megatron_ponder.model.ponder_gpt import PonderGPTModel
@@ -65,15 +66,24 @@ def build_ponder_gpt(
     style: str,
     vocab_size: int,
     max_sequence_length: int,
-    pre_process: bool = True,
-    post_process: bool = True,
+    pre_process: Optional[bool] = None,
+    post_process: Optional[bool] = None,
     vp_stage: Optional[int] = None,
+    share_embeddings_and_output_weights: Optional[bool] = None,
 ) -> PonderGPTModel:
-    """A PonderGPTModel of ``style`` on the local layer spec.
+    """A PonderGPTModel of ``style`` on the local layer spec, for this rank's pipeline stage.
 
     ``max_sequence_length`` counts tokens, not slots: thought slots reuse their token's position.
+    ``pre_process``/``post_process`` default to whether this rank is the first/last pipeline
+    stage; ``share_embeddings_and_output_weights`` defaults to the style's choice.
     """
     chosen = get_style(style)
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=True)
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+    if share_embeddings_and_output_weights is None:
+        share_embeddings_and_output_weights = chosen.share_embeddings_and_output_weights
     return PonderGPTModel(
         config,
         get_local_block_spec(config, vp_stage=vp_stage),
@@ -81,7 +91,7 @@ def build_ponder_gpt(
         max_sequence_length=max_sequence_length,
         pre_process=pre_process,
         post_process=post_process,
-        share_embeddings_and_output_weights=chosen.share_embeddings_and_output_weights,
+        share_embeddings_and_output_weights=share_embeddings_and_output_weights,
         position_embedding_type=chosen.position_embedding_type,
         vp_stage=vp_stage,
     )

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 
 from megatron_ponder.config import PonderConfig
 from megatron_ponder.model.interleave import (
@@ -34,6 +35,11 @@ from megatron_ponder.model.vocab_mixing import (
     vocab_parallel_softmax,
 )
 from megatron_ponder.parallel.context_parallel import check_sequence_layout
+from megatron_ponder.parallel.feedback_embedding import (
+    FEEDBACK_KEY,
+    add_feedback_embedding,
+    tie_feedback_embedding_state_dict,
+)
 
 
 class PonderGPTModel(GPTModel):
@@ -51,12 +57,7 @@ class PonderGPTModel(GPTModel):
         if not isinstance(config, PonderConfig):
             raise TypeError("PonderGPTModel needs a PonderConfig (got a plain TransformerConfig)")
         super().__init__(config, *args, **kwargs)
-        if config.ponder_mode != "none" and not (self.pre_process and self.post_process):
-            raise NotImplementedError(
-                f"ponder_mode={config.ponder_mode!r} with pipeline parallelism needs the looped "
-                "pipeline (megatron_ponder.parallel); build the model with pre_process and "
-                "post_process both True (pipeline size 1)"
-            )
+        add_feedback_embedding(self)
         self.iteration = 0
         self.last_jacobi_residuals: List[Tensor] = []
 
@@ -116,6 +117,11 @@ class PonderGPTModel(GPTModel):
         for name, value in unsupported.items():
             if value is not None:
                 raise NotImplementedError(f"{name} is not supported in ponder_mode={mode!r}")
+        if not (self.pre_process and self.post_process):
+            raise RuntimeError(
+                f"ponder_mode={mode!r} under pipeline parallelism runs pass by pass around the "
+                "pipeline ring: drive it with megatron_ponder.parallel.looped_pipeline, not forward()"
+            )
         if mode == "ponder":
             logits = self._ponder_logits(input_ids, position_ids, attention_mask, runtime_gather_output)
         else:
@@ -127,13 +133,13 @@ class PonderGPTModel(GPTModel):
         return self.compute_language_model_loss(labels, logits)
 
     # ------------------------------------------------------------------ building blocks
-    def _input_embeddings(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+    def input_embeddings(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
         """E(x) = s * embedding(x, pos): [b, L] -> [L, b, h] ([L/tp, b, h] under SP)."""
         embeddings = self.embedding(input_ids=input_ids, position_ids=position_ids)
         scale = self.config.input_embedding_scale
         return embeddings if scale == 1.0 else embeddings * scale
 
-    def _rotary_for_positions(self, position_ids: Tensor) -> Optional[Tensor]:
+    def rotary_for_positions(self, position_ids: Tensor) -> Optional[Tensor]:
         """RoPE table for explicit (possibly repeated) positions, or None without RoPE.
 
         Args:
@@ -149,15 +155,65 @@ class PonderGPTModel(GPTModel):
             return table[position_ids[0]]
         return table[position_ids.t()].squeeze(2)  # [s, b, 1, 1, d] -> [s, b, 1, d]
 
-    def _transformer(self, hidden: Tensor, attention_mask: Optional[Tensor], rotary: Optional[Tensor]) -> Tensor:
-        """M: one full pass of the transformer block, [s, b, h] -> [s, b, h] after the final norm."""
+    def transformer_pass(
+        self, hidden: Tensor, attention_mask: Optional[Tensor], rotary: Optional[Tensor]
+    ) -> Tensor:
+        """M (this stage's layers): [s, b, h] -> [s, b, h], after the final norm on the last stage.
+
+        On a pipeline stage without the embedding, Megatron's block reads its input from
+        ``set_input_tensor``; we route ``hidden`` there so every stage is called alike.
+        """
+        # A view gives the pass's input its own autograd node, so the gradients of the first
+        # layer's two consumers (norm and residual) are summed before they meet the input's
+        # other uses (ponder: cur_{k+1} = cur_k + mix). Activation recompute sums them inside
+        # its checkpoint too; without this node fp32 additions would run in another order and
+        # recompute would no longer give bit-identical gradients.
+        hidden = hidden.view_as(hidden)
+        if not self.decoder.pre_process:
+            self.decoder.set_input_tensor(hidden)
         return self.decoder(hidden_states=hidden, attention_mask=attention_mask, rotary_pos_emb=rotary)
 
-    def _output_logits(self, hidden: Tensor, runtime_gather_output: Optional[bool] = None) -> Tensor:
+    def output_logits(self, hidden: Tensor, runtime_gather_output: Optional[bool] = None) -> Tensor:
         """W_out h: [s(/tp), b, h] -> [s, b, V/tp] (vocab-parallel unless gathered)."""
         weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights else None
         logits, _ = self.output_layer(hidden, weight=weight, runtime_gather_output=runtime_gather_output)
         return logits
+
+    def mixing_embedding_weight(self) -> Tensor:
+        """The word-embedding rows [V/tp, h] this stage mixes with (ponder feedback).
+
+        The stage that has the output layer does the feedback. With tied embeddings that stage
+        holds the embedding table itself (Megatron keeps a synchronised copy on the last
+        pipeline stage); untied models under pipeline parallelism keep a copy for this purpose
+        (:mod:`megatron_ponder.parallel.feedback_embedding`).
+        """
+        if self.pre_process:
+            return self.embedding.word_embeddings.weight
+        if self.share_embeddings_and_output_weights:
+            return self.shared_embedding_or_output_weight()
+        return getattr(self, FEEDBACK_KEY)
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets=(), metadata: Optional[dict] = None):
+        """GPTModel's sharded state dict; the ponder feedback copy of E is a replica of E."""
+        metadata = ensure_metadata_has_dp_cp_group(metadata)
+        state = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        tie_feedback_embedding_state_dict(self, state, prefix, metadata)
+        return state
+
+    def ponder_mixture(self, hidden: Tensor) -> Tensor:
+        """s * softmax(W_out h) @ E: [s(/tp), b, h] final-norm output -> [s(/tp), b, h] mixture."""
+        config = self.config
+        tp_group = self.pg_collection.tp
+        weight = self.mixing_embedding_weight()
+        probs = vocab_parallel_softmax(
+            self.output_logits(hidden),
+            tp_group,
+            vocab_start_index=self.pg_collection.tp.rank() * weight.size(0),
+            valid_vocab_size=config.ponder_vocab_size,
+        )
+        mixture = probability_weighted_embedding(probs, weight, tp_group, config.sequence_parallel)
+        scale = config.input_embedding_scale
+        return mixture if scale == 1.0 else mixture * scale
 
     # ------------------------------------------------------------------ ponder (PonderLM)
     def _ponder_logits(
@@ -169,30 +225,18 @@ class PonderGPTModel(GPTModel):
     ) -> Tensor:
         """S feedback passes then the final pass; returns final logits [L, b, V/tp]."""
         config = self.config
-        word_embeddings = self.embedding.word_embeddings
-        tp_group = self.pg_collection.tp
-        first_input = self._input_embeddings(input_ids, position_ids)
-        rotary = self._rotary_for_positions(position_ids)
+        first_input = self.input_embeddings(input_ids, position_ids)
+        rotary = self.rotary_for_positions(position_ids)
         current = first_input
         for _ in range(config.ponder_steps):
-            hidden = self._transformer(current, attention_mask, rotary)
-            probs = vocab_parallel_softmax(
-                self._output_logits(hidden),
-                tp_group,
-                vocab_start_index=word_embeddings.vocab_start_index,
-                valid_vocab_size=config.ponder_vocab_size,
-            )
-            mixture = probability_weighted_embedding(
-                probs, word_embeddings.weight, tp_group, config.sequence_parallel
-            )
-            if config.input_embedding_scale != 1.0:
-                mixture = mixture * config.input_embedding_scale
+            mixture = self.ponder_mixture(self.transformer_pass(current, attention_mask, rotary))
             current = (current if config.ponder_accumulate else first_input) + mixture
-        hidden = self._transformer(current, attention_mask, rotary)
-        return self._output_logits(hidden, runtime_gather_output)
+        hidden = self.transformer_pass(current, attention_mask, rotary)
+        return self.output_logits(hidden, runtime_gather_output)
 
     # ------------------------------------------------------------------ latent (PonderLM-2)
-    def _jacobi_rounds(self, override: Optional[int]) -> int:
+    def jacobi_rounds(self, override: Optional[int] = None) -> int:
+        """J for this forward: the override, else the per-iteration draw (train) or the eval J."""
         if override is not None:
             return override
         if self.training:
@@ -209,17 +253,17 @@ class PonderGPTModel(GPTModel):
     ) -> Tensor:
         """Initial thoughts, J Jacobi rounds, final pass; logits at last thoughts [L, b, V/tp]."""
         num_thoughts = self.config.num_latent_thoughts
-        rounds = self._jacobi_rounds(num_jacobi_rounds)
-        token_inputs = self._input_embeddings(input_ids, position_ids)  # [L, b, h]
+        rounds = self.jacobi_rounds(num_jacobi_rounds)
+        token_inputs = self.input_embeddings(input_ids, position_ids)  # [L, b, h]
 
         def pass_over(thoughts: Tensor) -> Tensor:
             """One transformer pass over tokens + their k thoughts: [L, k, b, h] -> [(k+1)L, b, h]."""
             slots = thoughts.size(1) + 1
             positions = interleave_position_ids(position_ids, slots)
-            return self._transformer(
+            return self.transformer_pass(
                 interleave_thoughts(token_inputs, thoughts),
                 interleave_attention_mask(attention_mask, slots),
-                self._rotary_for_positions(positions),
+                self.rotary_for_positions(positions),
             )
 
         # Initial thoughts: thought k of every token is the output of the last slot of its group
@@ -237,4 +281,4 @@ class PonderGPTModel(GPTModel):
         self.last_jacobi_residuals = residuals
 
         last_thoughts = last_slot_of_each_group(pass_over(thoughts), num_thoughts + 1)  # [L, b, h]
-        return self._output_logits(last_thoughts, runtime_gather_output)
+        return self.output_logits(last_thoughts, runtime_gather_output)

@@ -17,12 +17,11 @@ Used by the tests and by CPU runs of the training entry point. Call it before bu
 from __future__ import annotations
 
 import contextlib
-from typing import List, Optional
+from typing import List
 
 import torch
 
 _APPLIED: List[str] = []
-_DEVICE_MODE: Optional[torch.overrides.TorchFunctionMode] = None
 
 
 def _is_cuda_device(device) -> bool:
@@ -33,31 +32,33 @@ def _is_cuda_device(device) -> bool:
     return False
 
 
-class _CudaToCpuMode(torch.overrides.TorchFunctionMode):
-    """Rewrites ``device="cuda"`` in tensor factory calls to CPU and drops ``pin_memory``.
+# Factories Megatron calls with a literal device="cuda" (schedules, optimizer, clip_grads, grad
+# buffers, attention masks, RoPE's CP slicing with pin_memory=True).
+_FACTORIES = (
+    "tensor", "as_tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint",
+    "eye", "linspace", "zeros_like", "ones_like", "empty_like", "full_like",
+)
 
-    Why: schedules, the optimizer, clip_grads and the grad buffers allocate with a hard-coded
-    ``device="cuda"`` or ``torch.cuda.current_device()``; RoPE's CP slicing pins a CPU tensor,
-    which needs a CUDA allocator.
-    """
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if _is_cuda_device(kwargs.get("device")) or kwargs.get("pin_memory"):
-            kwargs = dict(kwargs)
-            if _is_cuda_device(kwargs.get("device")):
-                kwargs["device"] = "cpu"
-            kwargs.pop("pin_memory", None)
-        return func(*args, **kwargs)
+def _cpu_factory(factory):
+    def on_cpu(*args, **kwargs):
+        if _is_cuda_device(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        kwargs.pop("pin_memory", None)  # pinning needs a CUDA allocator
+        return factory(*args, **kwargs)
+
+    on_cpu.__wrapped__ = factory
+    return on_cpu
 
 
 def _patch_cuda_device_calls() -> None:
-    global _DEVICE_MODE
     # Why: buffers (attention masks, TP/SP gather buffers, DDP) are placed on current_device().
     torch.cuda.current_device = lambda: torch.device("cpu")
-    # Why: factory calls with device="cuda" in schedules/optimizer/grad buffers.
-    _DEVICE_MODE = _CudaToCpuMode()
-    _DEVICE_MODE.__enter__()
+    # Why: factory calls with device="cuda" in schedules/optimizer/grad buffers/masks. Patched on
+    # the torch module (not with a TorchFunctionMode, which is switched off inside the ops it
+    # intercepts, e.g. inside backward() where activation recompute re-runs the forward).
+    for name in _FACTORIES:
+        setattr(torch, name, _cpu_factory(getattr(torch, name)))
     # Why: `.cuda()` is called on batches and on loss tensors for logging.
     torch.Tensor.cuda = lambda self, *args, **kwargs: self
     # Why: timers, checkpoint saving and the optimizer synchronize the device.

@@ -7,8 +7,9 @@ from typing import List, Tuple
 import torch
 
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+from megatron_ponder.parallel.feedback_embedding import finalize_ponder_model_grads
 
 
 def wrap_and_build_optimizer(
@@ -43,6 +44,6 @@ def wrap_and_build_optimizer(
         )
         for index, chunk in enumerate(model_chunks)
     ]
-    config.finalize_model_grads_func = finalize_model_grads
+    config.finalize_model_grads_func = finalize_ponder_model_grads
     optimizer = get_megatron_optimizer(optimizer_config, wrapped)
     return wrapped, optimizer

@@ -24,6 +24,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_ponder.parallel.context_parallel import split_batch_for_context_parallel
+from megatron_ponder.parallel.looped_pipeline import looped_forward_backward
 
 
 def unwrap_model(module: torch.nn.Module) -> torch.nn.Module:
@@ -93,29 +94,56 @@ def _jacobi_residuals(model_chunks: List[torch.nn.Module]) -> Optional[List[floa
     return [float(r) for r in residuals] if residuals else None
 
 
+def forward_backward(
+    model_chunks: List[torch.nn.Module],
+    microbatches: List[Dict[str, Tensor]],
+    micro_batch_size: int,
+    seq_length: int,
+    forward_only: bool,
+) -> List[Dict[str, Tensor]]:
+    """Run Megatron's schedule for this layout; returns the loss reports of the last stage.
+
+    Multi-pass modes under pipeline parallelism loop around the pipeline ring
+    (:mod:`megatron_ponder.parallel.looped_pipeline`); everything else is Megatron's own
+    schedule (no pipelining, or 1F1B for mode ``none``).
+    """
+    config = unwrap_model(model_chunks[0]).config
+    pipeline_size = parallel_state.get_pipeline_model_parallel_world_size()
+    if pipeline_size > 1 and dist.get_backend() == "gloo":
+        # Batched isend/irecv mis-pairs same-direction messages when the next and previous
+        # pipeline rank are one process (PP=2) on gloo: silently wrong results.
+        config.batch_p2p_comm = False
+    if pipeline_size > 1 and config.ponder_mode != "none":
+        if len(model_chunks) != 1:
+            raise ValueError("multi-pass modes use the passes as virtual stages: build one model chunk")
+        return looped_forward_backward(
+            forward_step, model_chunks[0], microbatches, micro_batch_size, seq_length, forward_only
+        )
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(microbatches),
+        model=model_chunks,
+        num_microbatches=len(microbatches),
+        seq_length=seq_length,
+        micro_batch_size=micro_batch_size,
+        forward_only=forward_only,
+    )
+
+
 def train_step(
     model_chunks: List[torch.nn.Module],
     optimizer,
-    data_iterator: Iterator[Dict[str, Tensor]],
-    num_microbatches: int,
+    microbatches: List[Dict[str, Tensor]],
     micro_batch_size: int,
     seq_length: int,
     iteration: int,
 ) -> StepResult:
-    """Forward and backward over ``num_microbatches`` microbatches, then one optimizer step."""
+    """Forward and backward over the step's microbatches, then one optimizer step."""
     _set_iteration(model_chunks, iteration)
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    reports = get_forward_backward_func()(
-        forward_step_func=forward_step,
-        data_iterator=data_iterator,
-        model=model_chunks,
-        num_microbatches=num_microbatches,
-        seq_length=seq_length,
-        micro_batch_size=micro_batch_size,
-        forward_only=False,
-    )
+    reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, forward_only=False)
     success, grad_norm, _ = optimizer.step()
     loss, tokens = _global_mean_loss(reports)
     return StepResult(
@@ -130,8 +158,7 @@ def train_step(
 @torch.no_grad()
 def evaluation_step(
     model_chunks: List[torch.nn.Module],
-    data_iterator: Iterator[Dict[str, Tensor]],
-    num_microbatches: int,
+    microbatches: List[Dict[str, Tensor]],
     micro_batch_size: int,
     seq_length: int,
 ) -> StepResult:
@@ -139,15 +166,7 @@ def evaluation_step(
     for chunk in model_chunks:
         chunk.eval()
     try:
-        reports = get_forward_backward_func()(
-            forward_step_func=forward_step,
-            data_iterator=data_iterator,
-            model=model_chunks,
-            num_microbatches=num_microbatches,
-            seq_length=seq_length,
-            micro_batch_size=micro_batch_size,
-            forward_only=True,
-        )
+        reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, forward_only=True)
     finally:
         for chunk in model_chunks:
             chunk.train()

@@ -29,7 +29,6 @@ MODES = {
     "latent2": dict(ponder_mode="latent", num_latent_thoughts=2, jacobi_train_rounds=(1, 3)),
 }
 SEQ_LENGTH = 8
-MICRO_BATCH = 2
 GLOBAL_BATCH = 8
 # Adam's first steps move every weight by about lr * sign(g): with the default eps (1e-8) a weight
 # whose true gradient is ~0 moves by +-lr on fp32 rounding noise, and layouts (which round
@@ -48,12 +47,12 @@ def global_batch(step: int):
     return tokens, labels, positions, loss_mask
 
 
-def microbatches(step: int, dp_rank: int, dp_size: int):
+def microbatches(step: int, dp_rank: int, dp_size: int, micro_batch_size: int):
     tokens, labels, positions, loss_mask = global_batch(step)
     per_rank = GLOBAL_BATCH // dp_size
     out = []
-    for start in range(dp_rank * per_rank, (dp_rank + 1) * per_rank, MICRO_BATCH):
-        part = slice(start, start + MICRO_BATCH)
+    for start in range(dp_rank * per_rank, (dp_rank + 1) * per_rank, micro_batch_size):
+        part = slice(start, start + micro_batch_size)
         out.append(
             dict(tokens=tokens[part], labels=labels[part], position_ids=positions[part],
                  loss_mask=loss_mask[part], attention_mask=None)
@@ -64,12 +63,21 @@ def microbatches(step: int, dp_rank: int, dp_size: int):
 def build(args, mode_fields):
     from tiny_models import tiny_model
 
+    recompute = {
+        "none": {},
+        "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
+        "selective": dict(recompute_granularity="selective"),
+    }[args.recompute]
     return tiny_model(
         args.style,
+        tied=False if args.untied else None,
         tensor_model_parallel_size=args.tp,
+        pipeline_model_parallel_size=args.pp,
+        pipeline_dtype=torch.float32,
         context_parallel_size=args.cp,
         sequence_parallel=args.sp,
         calculate_per_token_loss=True,
+        **recompute,
         **mode_fields,
     )
 
@@ -79,10 +87,14 @@ def main():
     parser.add_argument("--style", default="llama")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--cp", type=int, default=1)
+    parser.add_argument("--pp", type=int, default=1)
+    parser.add_argument("--recompute", choices=["none", "full", "selective"], default="none")
+    parser.add_argument("--untied", action="store_true", help="GPT-2 style with untied embeddings")
     parser.add_argument("--sp", action="store_true")
     parser.add_argument("--distributed-optimizer", action="store_true")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--micro-batch-size", type=int, default=2, help="global batch is 8 samples")
     parser.add_argument("--init", required=True, help="initial checkpoint folder")
     parser.add_argument("--save-init", action="store_true", help="only write the initial checkpoint")
     parser.add_argument("--out", help="JSON results (rank 0 writes)")
@@ -95,7 +107,11 @@ def main():
     from megatron_ponder.training.optimizer import wrap_and_build_optimizer
     from megatron_ponder.training.step import train_step
 
-    initialize_parallel(tensor_model_parallel_size=args.tp, context_parallel_size=args.cp)
+    initialize_parallel(
+        tensor_model_parallel_size=args.tp,
+        pipeline_model_parallel_size=args.pp,
+        context_parallel_size=args.cp,
+    )
     if args.save_init:
         model = build(args, MODES["none"])
         os.makedirs(args.init, exist_ok=True)
@@ -116,9 +132,8 @@ def main():
         )
         losses, grad_norms = [], []
         for step in range(args.steps):
-            batches = microbatches(step, dp_rank, dp_size)
-            result = train_step(chunks, optimizer, iter(batches), len(batches), MICRO_BATCH,
-                                SEQ_LENGTH, iteration=step)
+            batches = microbatches(step, dp_rank, dp_size, args.micro_batch_size)
+            result = train_step(chunks, optimizer, batches, args.micro_batch_size, SEQ_LENGTH, iteration=step)
             losses.append(result.loss)
             grad_norms.append(result.grad_norm)
         results[mode] = dict(losses=losses, grad_norms=grad_norms)
