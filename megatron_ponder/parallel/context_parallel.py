@@ -72,7 +72,9 @@ def split_batch_for_context_parallel(
         )
     length = batch["tokens"].size(1)
     check_sequence_layout(length, 1, False, cp_size)
-    return get_batch_on_this_cp_rank(batch, cp_group=cp_group)
+    # Megatron's helper rewrites the dict in place; the looped pipeline reads every microbatch
+    # once per pass, so split a copy.
+    return get_batch_on_this_cp_rank(dict(batch), cp_group=cp_group)
 
 
 def global_slot_indices(local_length: int, cp_rank: int, cp_size: int, device=None) -> Tensor:

@@ -59,6 +59,10 @@ def add_feedback_embedding(model) -> None:
         synced = copy
     elif model.pre_process and not model.post_process:
         synced = model.embedding.word_embeddings.weight
+        # Own grad bucket under the distributed optimizer, as for tied embeddings: both stages
+        # then shard the table the same way across DP ranks, so the reduce-scattered shards
+        # that the embedding-group all-reduce adds up belong to the same rows.
+        synced.shared_embedding = True
     else:
         return
     group = parallel_state.get_embedding_group()

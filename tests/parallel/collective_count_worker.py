@@ -70,8 +70,8 @@ def main():
 
     def one_pass():
         hidden = torch.randn(8 // 2, 2, 32, requires_grad=True)
-        rotary = none_model._rotary_for_positions(positions)
-        none_model.decoder(hidden_states=hidden, attention_mask=None, rotary_pos_emb=rotary).sum().backward()
+        rotary = none_model.rotary_for_positions(positions)
+        none_model.transformer_pass(hidden, None, rotary).sum().backward()
 
     results["one_pass"] = count(one_pass)
     for thoughts, rounds in [(1, 2), (2, 3)]:

@@ -1,9 +1,12 @@
-"""Every TP/SP/CP/DP layout reproduces the single-process run (issue: Jacobi-aware parallelism).
+"""Every parallel layout reproduces the single-process run.
 
 From the same initial checkpoint, modes none, ponder (S=2) and latent (N=1, N=2; J drawn per
-step from {1,2,3}) train 3 optimizer steps on 4 microbatches' worth of the same global batch
-(2 microbatches per rank under DP=2). Losses and grad norms must match the world-of-one run to
-rel. 1e-5 in fp32.
+step from {1,2,3}) train 3 optimizer steps on the same global batch of 8 samples (4 microbatches
+of 2, or 2 microbatches of 4 with ``--micro-batch-size 4``; split over DP ranks). Losses and
+grad norms must match the world-of-one run to rel. 1e-5 in fp32.
+
+Pipeline layouts run every pass through every stage (the looped pipeline), including untied
+ponder feedback (LLaMA style: a copy of E on the last stage) and tied (GPT-2 style).
 """
 
 import json
@@ -25,10 +28,18 @@ LAYOUTS = {
     "tp2-cp2": (4, ["--tp", "2", "--cp", "2"]),
     "tp2-dp2": (4, ["--tp", "2"]),
     "tp2-sp-cp2": (4, ["--tp", "2", "--sp", "--cp", "2"]),
+    "pp2-mb4": (2, ["--pp", "2"]),
+    "pp2-mb2": (2, ["--pp", "2", "--micro-batch-size", "4"]),
+    "pp2-recompute-full": (2, ["--pp", "2", "--recompute", "full"]),
+    "pp2-tp2": (4, ["--pp", "2", "--tp", "2"]),
+    "pp2-tp2-sp-mb2": (4, ["--pp", "2", "--tp", "2", "--sp", "--micro-batch-size", "4"]),
+    "pp2-cp2": (4, ["--pp", "2", "--cp", "2"]),
+    "pp2-dp2-distopt": (4, ["--pp", "2", "--distributed-optimizer"]),
 }
 # GPT-2 style (learned positions, tied embeddings, biases) on the layouts that treat the
-# sequence differently; LLaMA style (RoPE, GQA) on all of them.
-CASES = [("llama", name) for name in LAYOUTS] + [("gpt2", name) for name in ("tp2-sp", "cp2", "dp2-distopt")]
+# sequence or the embeddings differently; LLaMA style (RoPE, GQA, untied) on all of them.
+GPT2_LAYOUTS = ("tp2-sp", "cp2", "dp2-distopt", "pp2-mb4", "pp2-tp2-sp-mb2")
+CASES = [("llama", name) for name in LAYOUTS] + [("gpt2", name) for name in GPT2_LAYOUTS]
 
 
 @pytest.fixture(scope="module")
