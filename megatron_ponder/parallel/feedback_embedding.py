@@ -28,6 +28,8 @@ from megatron.core.distributed.finalize_model_grads import (
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
 
+from megatron_ponder.model.wrappers import unwrap_model
+
 FEEDBACK_KEY = "feedback_word_embeddings"
 
 
@@ -94,7 +96,7 @@ def _stage_table(model_module) -> Optional[torch.nn.Parameter]:
 def finalize_ponder_model_grads(model: List[torch.nn.Module], num_tokens=None, pg_collection=None, force_all_reduce=False):
     """Megatron's ``finalize_model_grads``, then the sum of the E / E-copy gradients."""
     finalize_model_grads(model, num_tokens, pg_collection=pg_collection, force_all_reduce=force_all_reduce)
-    inner = model[0].module
+    inner = unwrap_model(model[0])
     if needs_feedback_embedding(inner):
         _allreduce_embedding_grad(
             model,

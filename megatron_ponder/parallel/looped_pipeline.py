@@ -44,6 +44,7 @@ from megatron_ponder.model.interleave import (
     jacobi_update,
     last_slot_of_each_group,
 )
+from megatron_ponder.model.wrappers import unwrap_model
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class PassChunk(torch.nn.Module):
         self.spec = spec
         self.plan = plan
         self.config = schedule_config
-        self.model_type = ddp_model.module.model_type
+        self.model_type = unwrap_model(ddp_model).model_type
         self.residuals = residuals
         self.input_tensor: Optional[Tensor] = None
         self.microbatch = 0
@@ -142,7 +143,7 @@ class PassChunk(torch.nn.Module):
     ) -> Tensor:
         """Message [T*L_local, b, h] for the next stage/pass, or the loss [b, L] (logits [b, L, V]
         without labels) on the last stage of the final pass."""
-        model = self.ddp_model.module
+        model = unwrap_model(self.ddp_model)
         spec = self.spec
         config = model.config
         local_tokens = input_ids.size(1)
@@ -225,7 +226,7 @@ def looped_forward_backward(
 
     Returns what the schedule returns (the loss reports of the final pass on the last stage).
     """
-    model = ddp_model.module
+    model = unwrap_model(ddp_model)
     config = model.config
     rounds = model.jacobi_rounds() if config.ponder_mode == "latent" else 0
     plan = plan_passes(config, rounds)

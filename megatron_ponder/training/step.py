@@ -12,6 +12,7 @@ optionally ``attention_mask`` ([b|1, 1, L, L], True = masked; None means causal)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -23,15 +24,9 @@ from torch import Tensor
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from megatron_ponder.model.wrappers import unwrap_model
 from megatron_ponder.parallel.context_parallel import split_batch_for_context_parallel
 from megatron_ponder.parallel.looped_pipeline import looped_forward_backward
-
-
-def unwrap_model(module: torch.nn.Module) -> torch.nn.Module:
-    """Strip DDP / Float16Module wrappers (each keeps the wrapped model in ``.module``)."""
-    while hasattr(module, "module"):
-        module = module.module
-    return module
 
 
 def masked_token_loss(loss_mask: Tensor, per_token_loss: Tensor) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
@@ -58,6 +53,10 @@ def forward_step(data_iterator: Iterator[Dict[str, Tensor]], model: torch.nn.Mod
         batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"]
     )
     return output, partial(masked_token_loss, batch["loss_mask"])
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a training step is NaN or infinite (``--nan-policy stop``)."""
 
 
 @dataclass
@@ -137,15 +136,27 @@ def train_step(
     micro_batch_size: int,
     seq_length: int,
     iteration: int,
+    nan_policy: str = "stop",
 ) -> StepResult:
-    """Forward and backward over the step's microbatches, then one optimizer step."""
+    """Forward and backward over the step's microbatches, then one optimizer step.
+
+    A non-finite loss (the same value on every rank) raises :class:`NonFiniteLossError` with
+    ``nan_policy="stop"``; with ``"skip"`` the update is dropped and the step reported skipped.
+    """
     _set_iteration(model_chunks, iteration)
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, forward_only=False)
-    success, grad_norm, _ = optimizer.step()
     loss, tokens = _global_mean_loss(reports)
+    if not math.isfinite(loss):
+        if nan_policy == "stop":
+            raise NonFiniteLossError(
+                f"loss is {loss} at iteration {iteration}: lower --lr, check the data, or pass "
+                "--nan-policy skip to drop such steps"
+            )
+        return StepResult(loss=loss, tokens=tokens, skipped=True)
+    success, grad_norm, _ = optimizer.step()
     return StepResult(
         loss=loss,
         tokens=tokens,

@@ -1,0 +1,220 @@
+"""Command-line arguments of the pretrain entry point, in Megatron-LM's spelling.
+
+Model shape comes from ``--preset`` (see :mod:`megatron_ponder.training.presets`) and any of
+``--num-layers/--hidden-size/...`` override it. The method's own flags are ``--ponder-*``,
+``--num-latent-thoughts`` and ``--jacobi-*``. :func:`validate_args` turns every inconsistency
+into a one-line :class:`ArgumentError` that names the flag and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import List, Optional, Sequence
+
+from megatron_ponder.training.presets import PRESETS
+
+
+class ArgumentError(ValueError):
+    """A command-line value the run cannot start with (message names the flag and the fix)."""
+
+
+def _jacobi_range(text: str):
+    """``"3"`` -> (3, 3); ``"2,3"`` or ``"2-3"`` -> (2, 3)."""
+    parts = text.replace("-", ",").split(",")
+    try:
+        values = [int(p) for p in parts if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or LO,HI, got {text!r}")
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected N or LO,HI, got {text!r}")
+    return tuple(values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="megatron_ponder.pretrain",
+        description="Pretrain a GPT that ponders (PonderLM) or thinks in latent thoughts (PonderLM-2) on Megatron-Core.",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS), help="model shape (default: cpu-tiny)")
+    model.add_argument("--architecture", choices=["llama", "gpt2"], default=None,
+                       help="llama: RMSNorm/SwiGLU/RoPE/untied; gpt2: LayerNorm/GeLU/learned positions/tied (default: the preset's)")
+    model.add_argument("--num-layers", type=int)
+    model.add_argument("--hidden-size", type=int)
+    model.add_argument("--num-attention-heads", type=int)
+    model.add_argument("--num-query-groups", type=int, help="GQA groups (default: one per head)")
+    model.add_argument("--ffn-hidden-size", type=int)
+    model.add_argument("--seq-length", type=int, default=None, help="tokens per sample (default: the preset's)")
+    model.add_argument("--max-position-embeddings", type=int, help="default: --seq-length")
+    model.add_argument("--vocab-size", type=int, help="model vocabulary (default: the tokenizer's, padded)")
+    model.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
+    model.add_argument("--init-method-std", type=float, default=0.02)
+    model.add_argument("--hidden-dropout", type=float, default=0.0)
+    model.add_argument("--attention-dropout", type=float, default=0.0)
+
+    method = parser.add_argument_group("pondering / latent thoughts")
+    method.add_argument("--ponder-mode", choices=["none", "ponder", "latent"], default="latent")
+    method.add_argument("--ponder-steps", type=int, default=3, help="ponder: feedback passes S")
+    method.add_argument("--ponder-replace", action="store_true", help="ponder: cur = e_0 + p@E instead of cur += p@E")
+    method.add_argument("--num-latent-thoughts", type=int, default=1, help="latent: thoughts N per token")
+    method.add_argument("--jacobi-iters", type=_jacobi_range, default=(2, 3),
+                        help="latent: Jacobi rounds J per training step, N or LO,HI drawn per step (default 2,3)")
+    method.add_argument("--jacobi-eval-iters", type=int, default=3, help="latent: J at evaluation")
+    method.add_argument("--jacobi-seed", type=int, default=0)
+    method.add_argument("--input-embedding-scale", type=float, default=None,
+                        help="multiplier of E(x) (default: 1/init-method-std in latent mode, else 1)")
+
+    parallel = parser.add_argument_group("parallelism")
+    parallel.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    parallel.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    parallel.add_argument("--context-parallel-size", type=int, default=1)
+    parallel.add_argument("--sequence-parallel", action="store_true")
+    parallel.add_argument("--use-distributed-optimizer", action="store_true")
+
+    batch = parser.add_argument_group("batch and schedule")
+    batch.add_argument("--micro-batch-size", type=int, default=4)
+    batch.add_argument("--global-batch-size", type=int, default=None, help="default: micro x data-parallel size")
+    batch.add_argument("--train-iters", type=int, default=200)
+    batch.add_argument("--lr", type=float, default=3e-3)
+    batch.add_argument("--min-lr", type=float, default=3e-4)
+    batch.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine"], default="cosine")
+    batch.add_argument("--lr-warmup-iters", type=int, default=20)
+    batch.add_argument("--lr-decay-iters", type=int, default=None, help="default: --train-iters")
+    batch.add_argument("--weight-decay", type=float, default=0.1)
+    batch.add_argument("--adam-beta1", type=float, default=0.9)
+    batch.add_argument("--adam-beta2", type=float, default=0.95)
+    batch.add_argument("--adam-eps", type=float, default=1e-8)
+    batch.add_argument("--clip-grad", type=float, default=1.0)
+    batch.add_argument("--seed", type=int, default=1234)
+
+    precision = parser.add_argument_group("precision and memory")
+    precision.add_argument("--bf16", action="store_true")
+    precision.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
+    precision.add_argument("--recompute-method", choices=["uniform", "block"], default="uniform")
+    precision.add_argument("--recompute-num-layers", type=int, default=1)
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--data-path", nargs="+", default=None,
+                      help="indexed dataset prefixes, optionally weighted: [W1] PREFIX1 [W2] PREFIX2 ...")
+    data.add_argument("--valid-data-path", nargs="+", default=None, help="separate validation blend")
+    data.add_argument("--split", default="969,30,1", help="train,valid,test proportions of --data-path")
+    data.add_argument("--mock-data", action="store_true", help="random tokens (no files needed)")
+    data.add_argument("--default-corpus", metavar="DIR", default=None,
+                      help="build and use the built-in corpus (Python standard library sources) in DIR")
+    data.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer", "NullTokenizer"], default=None)
+    data.add_argument("--tokenizer-model", default=None, help="tokenizer.json or a folder holding one")
+    data.add_argument("--data-cache-path", default=None)
+
+    io = parser.add_argument_group("checkpoints and logging")
+    io.add_argument("--save", default=None, help="checkpoint folder")
+    io.add_argument("--load", default=None, help="resume from the latest checkpoint here (if any)")
+    io.add_argument("--save-interval", type=int, default=None)
+    io.add_argument("--no-load-optim", action="store_true", help="load weights only (fresh optimizer)")
+    io.add_argument("--eval-interval", type=int, default=50)
+    io.add_argument("--eval-iters", type=int, default=4)
+    io.add_argument("--log-interval", type=int, default=10)
+    io.add_argument("--tensorboard-dir", default=None)
+    io.add_argument("--nan-policy", choices=["stop", "skip"], default="stop",
+                    help="non-finite loss: stop the run, or skip that step's update")
+    return parser
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    apply_preset(args)
+    return args
+
+
+def apply_preset(args: argparse.Namespace) -> None:
+    """Fill every model-shape flag the user left unset from ``--preset``."""
+    preset = PRESETS[args.preset]
+    for field, value in preset.items():
+        if getattr(args, field, None) is None:
+            setattr(args, field, value)
+    if args.max_position_embeddings is None:
+        args.max_position_embeddings = args.seq_length
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+
+
+def validate_args(args: argparse.Namespace, world_size: int) -> None:
+    """Raise :class:`ArgumentError` (one line, names the flag) for a run that cannot work."""
+
+    def fail(message: str):
+        raise ArgumentError(message)
+
+    tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
+    for flag, value in (("--tensor-model-parallel-size", tp), ("--pipeline-model-parallel-size", pp),
+                        ("--context-parallel-size", cp)):
+        if value < 1:
+            fail(f"{flag} must be >= 1, got {value}")
+    if world_size % (tp * pp * cp) != 0:
+        fail(f"world size {world_size} is not divisible by tensor x pipeline x context parallel = "
+             f"{tp}x{pp}x{cp} = {tp * pp * cp}: change the parallel sizes or the number of processes")
+    dp = world_size // (tp * pp * cp)
+    heads, groups = args.num_attention_heads, args.num_query_groups or args.num_attention_heads
+    if args.hidden_size % heads != 0:
+        fail(f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads {heads}")
+    if heads % groups != 0:
+        fail(f"--num-attention-heads {heads} is not divisible by --num-query-groups {groups}")
+    if heads % tp != 0 or groups % tp != 0:
+        fail(f"--tensor-model-parallel-size {tp} must divide --num-attention-heads {heads} and "
+             f"--num-query-groups {groups}")
+    if args.num_layers % pp != 0:
+        fail(f"--num-layers {args.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
+    if args.sequence_parallel and tp == 1:
+        fail("--sequence-parallel needs --tensor-model-parallel-size > 1")
+    if args.sequence_parallel and args.seq_length % tp != 0:
+        fail(f"--seq-length {args.seq_length} is not divisible by --tensor-model-parallel-size {tp}: "
+             "sequence parallelism gives each rank whole tokens (with their thoughts)")
+    if cp > 1 and args.seq_length % (2 * cp) != 0:
+        fail(f"--seq-length {args.seq_length} is not divisible by 2 x --context-parallel-size = {2 * cp}: "
+             "context parallelism splits the sequence into 2*cp chunks of whole tokens")
+    if args.global_batch_size is None:
+        args.global_batch_size = args.micro_batch_size * dp
+    if args.global_batch_size % (args.micro_batch_size * dp) != 0:
+        fail(f"--global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size "
+             f"{args.micro_batch_size} x data-parallel size {dp}")
+    microbatches = args.global_batch_size // (args.micro_batch_size * dp)
+    if pp > 1 and microbatches < pp:
+        fail(f"{microbatches} microbatches per step for {pp} pipeline stages: raise "
+             "--global-batch-size to at least micro-batch x data-parallel x pipeline size")
+    if pp > 1 and args.ponder_mode != "none" and microbatches % pp != 0:
+        # Passes run as virtual stages of Megatron's interleaved schedule, which needs this.
+        fail(f"{microbatches} microbatches per step is not a multiple of {pp} pipeline stages: "
+             "adjust --global-batch-size")
+    lo, hi = args.jacobi_iters
+    if lo < 0 or lo > hi:
+        fail(f"--jacobi-iters {lo},{hi} is not a range LO <= HI with LO >= 0")
+    sources = [bool(args.data_path), args.mock_data, bool(args.default_corpus)]
+    if sum(sources) != 1:
+        fail("give exactly one data source: --data-path PREFIX..., --mock-data or --default-corpus DIR")
+    if args.data_path and not args.tokenizer_model and args.tokenizer_type != "NullTokenizer":
+        fail("--data-path needs the tokenizer it was preprocessed with: --tokenizer-type HuggingFaceTokenizer "
+             "--tokenizer-model PATH")
+    if args.save_interval is not None and not args.save:
+        fail("--save-interval needs --save DIR")
+    if args.save:
+        _check_writable(args.save)
+    args.data_parallel_size = dp
+    args.num_microbatches = microbatches
+
+
+def _check_writable(path: str) -> None:
+    probe_dir = path
+    while not os.path.exists(probe_dir):
+        parent = os.path.dirname(os.path.abspath(probe_dir))
+        if parent == probe_dir:
+            break
+        probe_dir = parent
+    if not os.access(probe_dir, os.W_OK):
+        raise ArgumentError(f"--save {path} is not writable (nearest existing folder {probe_dir}): "
+                            "choose a folder you can write to")
+
+
+def describe(args: argparse.Namespace) -> List[str]:
+    """The run's settings as 'name: value' lines, for the log header."""
+    return [f"  {key}: {value}" for key, value in sorted(vars(args).items())]

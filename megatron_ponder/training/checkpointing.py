@@ -1,0 +1,132 @@
+"""Checkpoints with Megatron's ``dist_checkpointing`` (torch_dist): save, find, resume, reshard.
+
+Layout under ``--save DIR``::
+
+    DIR/iter_0000100/            one dist_checkpointing checkpoint (model, optimizer, scheduler,
+                                 iteration, consumed samples, run arguments)
+    DIR/latest_checkpointed_iteration.txt
+
+The pointer file is replaced atomically (write a temporary file, then ``os.replace``) only after
+every rank has finished writing, so a crash or SIGKILL in the middle of a save leaves the
+pointer on the previous, complete checkpoint. Tensors are saved as global shards, so a run can
+resume with different tensor/pipeline/data-parallel sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron.core import dist_checkpointing
+
+LATEST_FILE = "latest_checkpointed_iteration.txt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded (message names the folder and the fix)."""
+
+
+@dataclass
+class ResumeState:
+    iteration: int
+    consumed_samples: int
+
+
+def checkpoint_dir(root: str, iteration: int) -> str:
+    return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def latest_iteration(root: str) -> Optional[int]:
+    """Iteration named by the pointer file, or None when ``root`` holds no checkpoint yet."""
+    pointer = os.path.join(root, LATEST_FILE)
+    if not os.path.isfile(pointer):
+        return None
+    text = open(pointer).read().strip()
+    if not text.isdigit():
+        raise CheckpointError(f"{pointer} does not hold an iteration number ({text[:40]!r}): fix or delete it")
+    return int(text)
+
+
+def _optimizer_sharded_state_dict(optimizer, model_state, is_loading: bool, distributed: bool):
+    metadata = {"distrib_optim_sharding_type": "fully_reshardable"} if distributed else None
+    if is_loading and distributed:
+        # The torch AdamW fallback creates its state lazily; the sharded view needs it to exist.
+        for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+            inner._init_optimizer_states_with_dummy_values()
+    kwargs = {"metadata": metadata} if metadata else {}
+    return optimizer.sharded_state_dict(model_state, is_loading=is_loading, **kwargs)
+
+
+def save_checkpoint(
+    root: str,
+    iteration: int,
+    model,
+    optimizer,
+    scheduler,
+    consumed_samples: int,
+    run_args: Dict[str, Any],
+    distributed_optimizer: bool,
+) -> str:
+    """Write ``root/iter_N`` on all ranks, then move the pointer. Returns the folder."""
+    folder = checkpoint_dir(root, iteration)
+    if dist.get_rank() == 0:
+        if os.path.exists(folder):  # a partial save from a crashed run: start clean
+            shutil.rmtree(folder)
+        os.makedirs(folder)
+    dist.barrier()
+    model_state = model.sharded_state_dict()
+    state = {
+        "model": model_state,
+        "optimizer": _optimizer_sharded_state_dict(optimizer, model_state, False, distributed_optimizer),
+        "scheduler": scheduler.state_dict(),
+        "iteration": iteration,
+        "consumed_samples": consumed_samples,
+        "args": run_args,
+    }
+    dist_checkpointing.save(state, folder)
+    dist.barrier()
+    if dist.get_rank() == 0:
+        pointer = os.path.join(root, LATEST_FILE)
+        temporary = pointer + ".tmp"
+        with open(temporary, "w") as handle:
+            handle.write(str(iteration))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, pointer)
+    dist.barrier()
+    return folder
+
+
+def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool, distributed_optimizer: bool) -> Optional[ResumeState]:
+    """Restore the latest checkpoint under ``root`` into model/optimizer/scheduler (all ranks).
+
+    Returns None when there is none yet (a fresh run that will save there).
+    """
+    iteration = latest_iteration(root)
+    if iteration is None:
+        return None
+    folder = checkpoint_dir(root, iteration)
+    if not dist_checkpointing.check_is_distributed_checkpoint(folder):
+        raise CheckpointError(
+            f"{folder} (named by {LATEST_FILE}) is not a complete checkpoint: point the file at an "
+            "existing iter_* folder or delete it to start fresh"
+        )
+    model_state = model.sharded_state_dict()
+    request = {"model": model_state}
+    if load_optimizer:
+        request["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_state, True, distributed_optimizer)
+    try:
+        loaded = dist_checkpointing.load(request, folder)
+    except Exception as error:  # dist_checkpointing raises many types; say which file and why
+        raise CheckpointError(f"cannot load {folder}: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
+    model.load_state_dict(loaded["model"])
+    if load_optimizer:
+        with torch.no_grad():
+            optimizer.load_state_dict(loaded["optimizer"])
+        scheduler.load_state_dict(loaded["scheduler"])
+    return ResumeState(iteration=loaded["iteration"], consumed_samples=loaded["consumed_samples"])

@@ -1,0 +1,31 @@
+"""Model shapes by name: the papers' sizes and tiny CPU shapes.
+
+A preset fills the shape flags the user did not give. ``architecture`` picks the style
+(:mod:`megatron_ponder.model.architectures`). The Pythia shapes are the GPT-NeoX models the
+papers train; until the GPT-NeoX layer spec lands they run with the GPT-2 style (sequential
+residual, learned positions) at Pythia's sizes.
+"""
+
+PRESETS = {
+    # CPU demo / tests: minutes on a laptop.
+    "cpu-tiny": dict(architecture="llama", num_layers=4, hidden_size=128, num_attention_heads=4,
+                     num_query_groups=2, ffn_hidden_size=352, seq_length=128),
+    "cpu-small": dict(architecture="llama", num_layers=6, hidden_size=256, num_attention_heads=8,
+                      num_query_groups=4, ffn_hidden_size=704, seq_length=256),
+    # Pythia suite shapes (PonderLM / PonderLM-2 experiments), sequence 2048.
+    "pythia-70m": dict(architecture="gpt2", num_layers=6, hidden_size=512, num_attention_heads=8,
+                       ffn_hidden_size=2048, seq_length=2048),
+    "pythia-160m": dict(architecture="gpt2", num_layers=12, hidden_size=768, num_attention_heads=12,
+                        ffn_hidden_size=3072, seq_length=2048),
+    "pythia-410m": dict(architecture="gpt2", num_layers=24, hidden_size=1024, num_attention_heads=16,
+                        ffn_hidden_size=4096, seq_length=2048),
+    "pythia-1b": dict(architecture="gpt2", num_layers=16, hidden_size=2048, num_attention_heads=8,
+                      ffn_hidden_size=8192, seq_length=2048),
+    "pythia-1.4b": dict(architecture="gpt2", num_layers=24, hidden_size=2048, num_attention_heads=16,
+                        ffn_hidden_size=8192, seq_length=2048),
+    "pythia-2.8b": dict(architecture="gpt2", num_layers=32, hidden_size=2560, num_attention_heads=32,
+                        ffn_hidden_size=10240, seq_length=2048),
+    # LLaMA-style 1.4B (PonderLM-2's LLaMA runs): SwiGLU, RoPE, GQA.
+    "llama-1.4b": dict(architecture="llama", num_layers=24, hidden_size=2048, num_attention_heads=16,
+                       num_query_groups=16, ffn_hidden_size=5632, seq_length=2048),
+}

@@ -1,0 +1,30 @@
+"""The FLOP model counts every pass."""
+
+import pytest
+
+from megatron_ponder.config import PonderConfig
+from megatron_ponder.training.flops import step_flops
+
+SIZE = dict(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=256)
+
+
+def test_vanilla_matches_hand_count():
+    config = PonderConfig(**SIZE)
+    b, L, V, h = 2, 8, 100, 64
+    per_layer = 2 * b * L * (h * 3 * h + h * h + 2 * h * 256) + 4 * b * L * L * h
+    assert step_flops(config, L, b, V, 0) == pytest.approx(3 * (2 * per_layer + 2 * b * L * h * V))
+
+
+def test_ponder_costs_s_plus_one_passes_plus_mixing():
+    vanilla = step_flops(PonderConfig(**SIZE), 8, 2, 100, 0)
+    ponder = step_flops(PonderConfig(**SIZE, ponder_mode="ponder", ponder_steps=3), 8, 2, 100, 0)
+    mixing = 3 * 3 * 2 * 2 * 8 * 64 * 100
+    assert ponder == pytest.approx(4 * vanilla + mixing)
+
+
+def test_latent_counts_initial_jacobi_and_final_passes():
+    config = PonderConfig(**SIZE, ponder_mode="latent", num_latent_thoughts=1)
+    vanilla_layers = step_flops(PonderConfig(**SIZE), 8, 2, 0, 0)
+    double_layers = step_flops(PonderConfig(**SIZE), 16, 2, 0, 0)
+    # one pass at L, then J=2 rounds + the final pass at 2L; output layer excluded (vocab 0)
+    assert step_flops(config, 8, 2, 0, 2) == pytest.approx(vanilla_layers + 3 * double_layers)
