@@ -20,6 +20,8 @@ setup(
         # Undeclared by megatron-core, but dist_checkpointing.save hangs without it.
         "psutil",
         "numpy",
+        # Byte-level BPE training and tokenization for the data layer (megatron_ponder.data).
+        "tokenizers>=0.20",
     ],
     extras_require={
         "cpu": ["torch==2.13.0"],
