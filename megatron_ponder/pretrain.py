@@ -38,10 +38,7 @@ def _prepare_data(args):
     if args.default_corpus:
         from megatron_ponder.data.default_corpus import prepare_default_corpus
 
-        if dist.get_rank() == 0:  # build once; the others wait, then reuse the cached files
-            prepare_default_corpus(args.default_corpus)
-        dist.barrier()
-        corpus = prepare_default_corpus(args.default_corpus)
+        corpus = prepare_default_corpus(args.default_corpus)  # rank 0 builds, the others reuse
         data_path, valid_path = [str(corpus.train_prefix)], [str(corpus.valid_prefix)]
         args.tokenizer_type, args.tokenizer_model = "HuggingFaceTokenizer", str(corpus.tokenizer_dir)
         _print_rank0(f"default corpus: {corpus.train_prefix} (+ valid), tokenizer {corpus.tokenizer_dir}")
@@ -206,27 +203,34 @@ def train(args) -> dict:
 
     if start_iteration == 0 and args.eval_iters > 0:
         evaluate(0)
+    last_saved = start_iteration
+    done = start_iteration
     for iteration in range(start_iteration, args.train_iters):
         started = time.perf_counter()
         result = train_step(chunks, optimizer, stream.next_step(), args.micro_batch_size, args.seq_length,
                             iteration, nan_policy=args.nan_policy)
         if not result.skipped:
             scheduler.step(increment=args.global_batch_size)
+        done = iteration + 1
         flops = step_flops(config, args.seq_length, args.global_batch_size, args.vocab_size,
                            model.jacobi_rounds() if config.ponder_mode == "latent" else 0)
-        summary["train_losses"].append((iteration + 1, result.loss))
-        logger.log_step(iteration + 1, result, optimizer.param_groups[0]["lr"], time.perf_counter() - started,
+        summary["train_losses"].append((done, result.loss))
+        logger.log_step(done, result, optimizer.param_groups[0]["lr"], time.perf_counter() - started,
                         flops, stream.consumed_samples)
-        done = iteration + 1
-        if args.eval_interval and done % args.eval_interval == 0 and done != args.train_iters and args.eval_iters:
-            evaluate(done)
-        if args.save and args.save_interval and done % args.save_interval == 0:
+        exiting = bool(args.exit_interval) and done % args.exit_interval == 0
+        if args.save and (exiting or (args.save_interval and done % args.save_interval == 0)):
             save(done)
+            last_saved = done
+        if exiting:
+            _print_rank0(f"exiting at iteration {done} (--exit-interval {args.exit_interval})")
+            logger.close()
+            return summary
+        if args.eval_iters and args.eval_interval and done % args.eval_interval == 0 and done != args.train_iters:
+            evaluate(done)
     if args.eval_iters:
-        evaluate(args.train_iters)
-    if args.save and (not summary["checkpoints"] or not summary["checkpoints"][-1].endswith(f"{args.train_iters:07d}")):
-        if start_iteration < args.train_iters:
-            save(args.train_iters)
+        evaluate(done)
+    if args.save and last_saved != done:
+        save(done)
     logger.close()
     return summary
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -43,7 +45,22 @@ def run_torchrun(target, nproc: int, args: Sequence[str], timeout: int = 600, ch
                  env: dict = None) -> subprocess.CompletedProcess:
     """Run ``target`` on ``nproc`` local processes; with ``check``, raise with the output tail on failure."""
     command = torchrun_command(target, nproc, args)
-    done = subprocess.run(command, env=env or test_env(), capture_output=True, text=True, timeout=timeout)
+    # Own session, output through files: a SIGKILLed worker can leave a grandchild (the
+    # checkpoint writer Megatron spawns) that would hold an output pipe open forever; killing the
+    # session afterwards reaps such stragglers.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, env=env or test_env(), stdout=out, stderr=err, text=True,
+                                   start_new_session=True)
+        try:
+            returncode = process.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out.seek(0)
+        err.seek(0)
+        done = subprocess.CompletedProcess(command, returncode, out.read(), err.read())
     if check and done.returncode != 0:
         raise AssertionError(
             f"torchrun {target} {' '.join(map(str, args))} failed ({done.returncode}):\n"

@@ -78,10 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--micro-batch-size", type=int, default=4)
     batch.add_argument("--global-batch-size", type=int, default=None, help="default: micro x data-parallel size")
     batch.add_argument("--train-iters", type=int, default=200)
+    batch.add_argument("--exit-interval", type=int, default=None,
+                       help="stop (after saving, with --save) once the iteration is a multiple of this")
     batch.add_argument("--lr", type=float, default=3e-3)
     batch.add_argument("--min-lr", type=float, default=3e-4)
     batch.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine"], default="cosine")
-    batch.add_argument("--lr-warmup-iters", type=int, default=20)
+    batch.add_argument("--lr-warmup-iters", type=int, default=None, help="default: min(20, decay iters / 5)")
     batch.add_argument("--lr-decay-iters", type=int, default=None, help="default: --train-iters")
     batch.add_argument("--weight-decay", type=float, default=0.1)
     batch.add_argument("--adam-beta1", type=float, default=0.9)
@@ -117,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--eval-iters", type=int, default=4)
     io.add_argument("--log-interval", type=int, default=10)
     io.add_argument("--tensorboard-dir", default=None)
+    io.add_argument("--metrics-file", default=None,
+                    help="append one JSON line per step and evaluation (full-precision loss, grad norm, lr)")
     io.add_argument("--nan-policy", choices=["stop", "skip"], default="stop",
                     help="non-finite loss: stop the run, or skip that step's update")
     return parser
@@ -138,6 +142,8 @@ def apply_preset(args: argparse.Namespace) -> None:
         args.max_position_embeddings = args.seq_length
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
+    if args.lr_warmup_iters is None:
+        args.lr_warmup_iters = min(20, args.lr_decay_iters // 5)
 
 
 def validate_args(args: argparse.Namespace, world_size: int) -> None:
@@ -186,6 +192,9 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
         # Passes run as virtual stages of Megatron's interleaved schedule, which needs this.
         fail(f"{microbatches} microbatches per step is not a multiple of {pp} pipeline stages: "
              "adjust --global-batch-size")
+    if not 0 <= args.lr_warmup_iters < args.lr_decay_iters:
+        fail(f"--lr-warmup-iters {args.lr_warmup_iters} must be >= 0 and below --lr-decay-iters "
+             f"{args.lr_decay_iters}")
     lo, hi = args.jacobi_iters
     if lo < 0 or lo > hi:
         fail(f"--jacobi-iters {lo},{hi} is not a range LO <= HI with LO >= 0")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -35,6 +36,12 @@ class CheckpointError(RuntimeError):
 class ResumeState:
     iteration: int
     consumed_samples: int
+
+
+def _fault_injection_point(name: str, iteration: int) -> None:
+    """Tests of crash safety set PONDER_FAULT_INJECT=<name>:<iteration> to SIGKILL the run here."""
+    if os.environ.get("PONDER_FAULT_INJECT") == f"{name}:{iteration}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def checkpoint_dir(root: str, iteration: int) -> str:
@@ -90,6 +97,7 @@ def save_checkpoint(
     }
     dist_checkpointing.save(state, folder)
     dist.barrier()
+    _fault_injection_point("after-shards-before-pointer", iteration)
     if dist.get_rank() == 0:
         pointer = os.path.join(root, LATEST_FILE)
         temporary = pointer + ".tmp"

@@ -7,6 +7,7 @@ Throughput counts every pass: tokens/s are real tokens, TFLOP/s are the FLOPs of
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -31,6 +32,7 @@ class RunLogger:
         self.window_skipped = 0
         self.started = time.perf_counter()
         self.start_iteration = start_iteration
+        self.metrics = open(args.metrics_file, "a") if args.metrics_file and self.is_writer else None
         self.tensorboard = None
         if args.tensorboard_dir and self.is_writer:
             try:
@@ -47,6 +49,8 @@ class RunLogger:
         self.window_skipped += int(result.skipped)
         if not result.skipped:
             self.window_loss += result.loss
+        self._write_metrics(kind="train", iteration=iteration, loss=result.loss, grad_norm=result.grad_norm,
+                            lr=learning_rate, skipped=result.skipped, consumed_samples=consumed)
         if self.tensorboard:
             self.tensorboard.add_scalar("train/loss", result.loss, iteration)
             self.tensorboard.add_scalar("train/learning_rate", learning_rate, iteration)
@@ -84,12 +88,20 @@ class RunLogger:
         self.window_time = self.window_flops = self.window_loss = 0.0
         self.window_steps = self.window_skipped = 0
 
+    def _write_metrics(self, **record):
+        if self.metrics:
+            self.metrics.write(json.dumps(record) + "\n")
+            self.metrics.flush()
+
     def log_evaluation(self, iteration: int, loss: float):
+        self._write_metrics(kind="valid", iteration=iteration, loss=loss)
         if self.is_writer:
             print(f"validation at iteration {iteration} | loss {loss:.4f} | ppl {math.exp(min(loss, 50)):.2f}", flush=True)
         if self.tensorboard:
             self.tensorboard.add_scalar("valid/loss", loss, iteration)
 
     def close(self):
+        if self.metrics:
+            self.metrics.close()
         if self.tensorboard:
             self.tensorboard.close()

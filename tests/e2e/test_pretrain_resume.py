@@ -1,0 +1,91 @@
+"""The pretrain entry point under torchrun (2 CPU processes): resume after SIGKILL is exact, a crash
+in the middle of a save leaves the previous checkpoint loadable, resuming with another layout
+works."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from torchrun import run_torchrun, test_env, torchrun_command
+
+PRETRAIN = "-m megatron_ponder.pretrain"
+BASE = [
+    "--mock-data", "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "8",
+    "--lr-warmup-iters", "2", "--eval-iters", "0", "--log-interval", "1", "--ponder-mode", "latent",
+    "--jacobi-iters", "1,3",
+]
+
+
+def train_losses(metrics_file):
+    """iteration -> loss of the last record for it (a resumed run rewrites the iterations it redoes)."""
+    losses = {}
+    for line in open(metrics_file):
+        record = json.loads(line)
+        if record["kind"] == "train":
+            losses[record["iteration"]] = record["loss"]
+    return losses
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    metrics = folder / "metrics.jsonl"
+    run_torchrun(PRETRAIN, 2, BASE + ["--train-iters", "8", "--metrics-file", metrics])
+    return train_losses(metrics)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path, uninterrupted):
+    metrics, checkpoints = tmp_path / "metrics.jsonl", tmp_path / "ckpt"
+    args = BASE + ["--train-iters", "8", "--metrics-file", metrics, "--save", checkpoints, "--load", checkpoints,
+                   "--save-interval", "2"]
+    run = subprocess.Popen(torchrun_command(PRETRAIN, 2, args), env=test_env(), start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or max(train_losses(metrics), default=0) < 5):
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGKILL)  # the launcher and both workers, mid-run
+    run.wait()
+    interrupted_at = max(train_losses(metrics))
+    assert 5 <= interrupted_at < 8, "the run was not interrupted in the middle"
+
+    resumed = run_torchrun(PRETRAIN, 2, args)
+    assert "resumed from" in resumed.stdout
+    assert train_losses(metrics) == uninterrupted  # every iteration, bit for bit
+
+
+@pytest.mark.slow
+def test_crash_during_save_leaves_the_previous_checkpoint(tmp_path, uninterrupted):
+    metrics, checkpoints = tmp_path / "metrics.jsonl", tmp_path / "ckpt"
+    args = BASE + ["--train-iters", "8", "--metrics-file", metrics, "--save", checkpoints, "--load", checkpoints,
+                   "--save-interval", "2"]
+    crashed = run_torchrun(PRETRAIN, 2, args, check=False,
+                           env=test_env(PONDER_FAULT_INJECT="after-shards-before-pointer:4"))
+    assert crashed.returncode != 0
+    assert (checkpoints / "latest_checkpointed_iteration.txt").read_text() == "2"
+    resumed = run_torchrun(PRETRAIN, 2, args)
+    assert "resumed from" in resumed.stdout and "at iteration 2" in resumed.stdout
+    assert train_losses(metrics) == uninterrupted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", [["--tensor-model-parallel-size", "2"], ["--pipeline-model-parallel-size", "2"]],
+                         ids=["tp2", "pp2"])
+def test_resume_with_another_layout(tmp_path, uninterrupted, layout):
+    """Saved with DP=2, resumed with TP=2 or PP=2: the continuation matches the uninterrupted run."""
+    checkpoints = tmp_path / "ckpt"
+    first = tmp_path / "first.jsonl"
+    run_torchrun(PRETRAIN, 2, BASE + ["--train-iters", "8", "--lr-decay-iters", "8", "--save", checkpoints,
+                                      "--save-interval", "4", "--metrics-file", first, "--exit-interval", "4"])
+    second = tmp_path / "second.jsonl"
+    resumed = run_torchrun(PRETRAIN, 2, BASE + layout + ["--train-iters", "8", "--load", checkpoints,
+                                                         "--metrics-file", second])
+    assert "at iteration 4" in resumed.stdout
+    losses = train_losses(second)
+    assert sorted(losses) == [5, 6, 7, 8]
+    for iteration, loss in losses.items():
+        assert loss == pytest.approx(uninterrupted[iteration], rel=1e-5), iteration
