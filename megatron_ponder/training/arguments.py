@@ -213,15 +213,15 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
 
 
 def _check_writable(path: str) -> None:
-    probe_dir = path
-    while not os.path.exists(probe_dir):
-        parent = os.path.dirname(os.path.abspath(probe_dir))
-        if parent == probe_dir:
-            break
-        probe_dir = parent
-    if not os.access(probe_dir, os.W_OK):
-        raise ArgumentError(f"--save {path} is not writable (nearest existing folder {probe_dir}): "
-                            "choose a folder you can write to")
+    """Create the folder (all ranks may; exist_ok) and a probe file in it."""
+    probe = os.path.join(path, f".write_probe_{os.getpid()}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise ArgumentError(f"--save {path} is not writable ({error.strerror}): choose a folder you can write to")
 
 
 def describe(args: argparse.Namespace) -> List[str]:

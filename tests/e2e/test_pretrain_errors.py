@@ -1,0 +1,94 @@
+"""Bad input stops the entry point with one line `error: ...` (exit code 2), never a traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from torchrun import REPO, run_torchrun, test_env
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A tiny preprocessed corpus and its tokenizer."""
+    from megatron_ponder.data.preprocess import preprocess_to_indexed_dataset
+    from megatron_ponder.data.tokenizer import train_bpe_tokenizer
+
+    folder = tmp_path_factory.mktemp("corpus")
+    text = folder / "docs.jsonl"
+    import json
+
+    with open(text, "w") as handle:
+        for i in range(40):
+            handle.write(json.dumps({"text": f"def function_{i}(x):\n    return x * {i} + {i * 7}\n" * 20}) + "\n")
+    plain = folder / "plain.txt"
+    plain.write_text(open(text).read())
+    tokenizer = train_bpe_tokenizer([plain], 300, folder / "tokenizer")
+    preprocess_to_indexed_dataset([text], str(folder / "docs"), tokenizer, append_eod=True, progress=False)
+    return folder
+
+
+def _single_process(args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "megatron_ponder.pretrain", *map(str, args)], env=test_env(),
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def _assert_one_line_error(done, *fragments, under_torchrun=False):
+    if under_torchrun:  # torchrun exits 1 and prints its own summary; the workers exited 2
+        assert done.returncode != 0 and "exitcode  : 2" in done.stderr, done.stderr[-2000:]
+        assert "[rank0]: Traceback" not in done.stderr and "site-packages/megatron" not in done.stderr
+    else:
+        assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+        assert "Traceback" not in done.stderr
+    error_lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) >= 1, done.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in error_lines[0], error_lines[0]
+
+
+def _data_args(corpus, prefix="docs"):
+    return ["--data-path", corpus / prefix, "--tokenizer-type", "HuggingFaceTokenizer",
+            "--tokenizer-model", corpus / "tokenizer", "--seq-length", "32", "--train-iters", "2"]
+
+
+def test_missing_dataset_files(corpus):
+    _assert_one_line_error(_single_process(_data_args(corpus, "nothing_here")), "nothing_here", "preprocess_data.py")
+
+
+def test_truncated_bin_file(corpus, tmp_path):
+    for suffix in (".bin", ".idx"):
+        (tmp_path / f"cut{suffix}").write_bytes((corpus / f"docs{suffix}").read_bytes())
+    data = (tmp_path / "cut.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[: len(data) // 2])
+    args = ["--data-path", tmp_path / "cut", "--tokenizer-type", "HuggingFaceTokenizer",
+            "--tokenizer-model", corpus / "tokenizer", "--seq-length", "32", "--train-iters", "2"]
+    _assert_one_line_error(_single_process(args), "truncated")
+
+
+def test_tokenizer_vocabulary_larger_than_the_model(corpus):
+    _assert_one_line_error(_single_process(_data_args(corpus) + ["--vocab-size", "64"]), "64")
+
+
+def test_unknown_preset():
+    done = _single_process(["--preset", "gpt-5", "--mock-data"])
+    assert done.returncode == 2 and "invalid choice: 'gpt-5'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_unwritable_save_folder():
+    _assert_one_line_error(_single_process(["--mock-data", "--save", "/proc/megatron_ponder_ckpt"]), "--save", "not writable")
+
+
+def test_heads_not_divisible_by_query_groups():
+    _assert_one_line_error(_single_process(["--mock-data", "--num-query-groups", "3"]), "--num-query-groups 3")
+
+
+def test_parallel_sizes_that_do_not_divide_the_world():
+    done = run_torchrun("-m megatron_ponder.pretrain", 2, ["--mock-data", "--tensor-model-parallel-size", "3"], check=False)
+    _assert_one_line_error(done, "world size 2", "3", under_torchrun=True)
+
+
+def test_sequence_length_that_splits_token_groups():
+    done = run_torchrun("-m megatron_ponder.pretrain", 2,
+                        ["--mock-data", "--tensor-model-parallel-size", "2", "--sequence-parallel", "--seq-length", "33"],
+                        check=False)
+    _assert_one_line_error(done, "--seq-length 33", "whole tokens", under_torchrun=True)
