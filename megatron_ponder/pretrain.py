@@ -7,7 +7,7 @@ Flags are Megatron-LM's (``--help``); bad input stops with ``error: <one line>``
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import math
 import os
 import sys
@@ -267,7 +267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if args.save:
         _print_rank0(f"checkpoints: {args.save}")
-    if args.tensorboard_dir:
+    if args.tensorboard_dir and importlib.util.find_spec("tensorboard") is not None:
         _print_rank0(f"tensorboard: {args.tensorboard_dir}")
     if summary["valid_losses"]:
         first, last = summary["valid_losses"][0][1], summary["valid_losses"][-1][1]

@@ -89,3 +89,4 @@ def test_resume_with_another_layout(tmp_path, uninterrupted, layout):
     assert sorted(losses) == [5, 6, 7, 8]
     for iteration, loss in losses.items():
         assert loss == pytest.approx(uninterrupted[iteration], rel=1e-5), iteration
+
