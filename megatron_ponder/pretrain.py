@@ -24,13 +24,9 @@ def _print_rank0(*parts) -> None:
         print(*parts, flush=True)
 
 
-class _UserError(Exception):
-    """Raised for bad input; main() prints its message as one line."""
-
-
 # ---------------------------------------------------------------------------- set-up
 def _prepare_data(args):
-    """Tokenizer and (train, valid) datasets for the chosen data source."""
+    """(train, valid) datasets for the chosen data source; sets the model vocabulary size."""
     from megatron_ponder.data.datasets import build_gpt_datasets, check_vocab_fits
     from megatron_ponder.data.tokenizer import build_tokenizer
 
@@ -63,7 +59,7 @@ def _prepare_data(args):
         valid_data_path=valid_path,
         cache_dir=args.data_cache_path,
     )
-    return tokenizer, train, valid
+    return train, valid
 
 
 def _model_config(args):
@@ -166,7 +162,7 @@ def train(args) -> dict:
     from megatron_ponder.training.run_logger import RunLogger
     from megatron_ponder.training.step import train_step
 
-    _, train_set, valid_set = _prepare_data(args)
+    train_set, valid_set = _prepare_data(args)
     config = _model_config(args)
     model, chunks, optimizer, scheduler = _build_training_state(args, config)
 

@@ -20,7 +20,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_env(**extra) -> dict:
+def child_env(**extra) -> dict:
     """The environment for child processes: repo and tests importable, one thread per process."""
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
     env.update(
@@ -49,7 +49,7 @@ def run_torchrun(target, nproc: int, args: Sequence[str], timeout: int = 600, ch
     # checkpoint writer Megatron spawns) that would hold an output pipe open forever; killing the
     # session afterwards reaps such stragglers.
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, env=env or test_env(), stdout=out, stderr=err, text=True,
+        process = subprocess.Popen(command, env=env or child_env(), stdout=out, stderr=err, text=True,
                                    start_new_session=True)
         try:
             returncode = process.wait(timeout=timeout)

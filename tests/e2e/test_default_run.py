@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from torchrun import REPO, test_env
+from torchrun import REPO, child_env
 
 
 @pytest.mark.slow
@@ -14,7 +14,7 @@ def test_default_run_trains_evaluates_and_saves(tmp_path):
     run_dir = tmp_path / "run"
     done = subprocess.run(
         ["bash", str(REPO / "examples" / "pretrain_ponder_gpt.sh"), "--eval-interval", "20"],
-        env=test_env(RUN_DIR=str(run_dir), TRAIN_ITERS="40", SAVE_INTERVAL="20", MASTER_PORT="29517"),
+        env=child_env(RUN_DIR=str(run_dir), TRAIN_ITERS="40", SAVE_INTERVAL="20", MASTER_PORT="29517"),
         capture_output=True, text=True, timeout=900, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]

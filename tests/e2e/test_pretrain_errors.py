@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from torchrun import REPO, run_torchrun, test_env
+from torchrun import REPO, run_torchrun, child_env
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def corpus(tmp_path_factory):
 
 
 def _single_process(args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "megatron_ponder.pretrain", *map(str, args)], env=test_env(),
+    return subprocess.run([sys.executable, "-m", "megatron_ponder.pretrain", *map(str, args)], env=child_env(),
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 

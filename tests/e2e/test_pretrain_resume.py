@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from torchrun import run_torchrun, test_env, torchrun_command
+from torchrun import run_torchrun, child_env, torchrun_command
 
 PRETRAIN = "-m megatron_ponder.pretrain"
 BASE = [
@@ -43,7 +43,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses(tmp_path, unint
     metrics, checkpoints = tmp_path / "metrics.jsonl", tmp_path / "ckpt"
     args = BASE + ["--train-iters", "8", "--metrics-file", metrics, "--save", checkpoints, "--load", checkpoints,
                    "--save-interval", "2"]
-    run = subprocess.Popen(torchrun_command(PRETRAIN, 2, args), env=test_env(), start_new_session=True,
+    run = subprocess.Popen(torchrun_command(PRETRAIN, 2, args), env=child_env(), start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and (not metrics.exists() or max(train_losses(metrics), default=0) < 5):
@@ -64,7 +64,7 @@ def test_crash_during_save_leaves_the_previous_checkpoint(tmp_path, uninterrupte
     args = BASE + ["--train-iters", "8", "--metrics-file", metrics, "--save", checkpoints, "--load", checkpoints,
                    "--save-interval", "2"]
     crashed = run_torchrun(PRETRAIN, 2, args, check=False,
-                           env=test_env(PONDER_FAULT_INJECT="after-shards-before-pointer:4"))
+                           env=child_env(PONDER_FAULT_INJECT="after-shards-before-pointer:4"))
     assert crashed.returncode != 0
     assert (checkpoints / "latest_checkpointed_iteration.txt").read_text() == "2"
     resumed = run_torchrun(PRETRAIN, 2, args)
