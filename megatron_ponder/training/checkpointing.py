@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -57,6 +58,43 @@ def latest_iteration(root: str) -> Optional[int]:
     if not text.isdigit():
         raise CheckpointError(f"{pointer} does not hold an iteration number ({text[:40]!r}): fix or delete it")
     return int(text)
+
+
+@contextmanager
+def _keep_adam_step_when_loading(optimizer):
+    """Work around megatron-core 0.16.1's distributed optimizer with the torch AdamW fallback.
+
+    Loading a ``fully_reshardable`` state, Megatron copies every per-parameter optimizer state
+    from the checkpoint, but the checkpoint's per-parameter tensors exclude torch Adam's ``step``
+    (Megatron restores it from the param groups first), so the copy fails with KeyError 'step'.
+    For the duration of the load, let the copy take each parameter's already-restored step.
+    Megatron also gives every parameter the *same* step tensor, which torch Adam then increments
+    once per parameter per step (a corrupted bias correction after resume): un-share it.
+    """
+    patched = []
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        original = getattr(inner, "_set_main_param_and_optimizer_states", None)
+        if original is None:
+            continue
+
+        def with_step(model_param, tensors, _inner=inner, _original=original):
+            group_index, group_order = _inner.model_param_group_index_map[model_param]
+            main_param = _inner.optimizer.param_groups[group_index]["params"][group_order]
+            state = _inner.optimizer.state[main_param]
+            if "step" in state and "step" not in tensors:
+                tensors = {**tensors, "step": state["step"].clone()}
+            return _original(model_param, tensors)
+
+        inner._set_main_param_and_optimizer_states = with_step
+        patched.append(inner)
+    try:
+        yield
+    finally:
+        for inner in patched:
+            del inner._set_main_param_and_optimizer_states  # back to the class method
+            for state in inner.optimizer.state.values():
+                if "step" in state:
+                    state["step"] = state["step"].clone()
 
 
 def _optimizer_sharded_state_dict(optimizer, model_state, is_loading: bool, distributed: bool):
@@ -134,7 +172,8 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
         raise CheckpointError(f"cannot load {folder}: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
     model.load_state_dict(loaded["model"])
     if load_optimizer:
-        with torch.no_grad():
+        workaround = _keep_adam_step_when_loading(optimizer) if distributed_optimizer else nullcontext()
+        with torch.no_grad(), workaround:
             optimizer.load_state_dict(loaded["optimizer"])
         scheduler.load_state_dict(loaded["scheduler"])
     return ResumeState(iteration=loaded["iteration"], consumed_samples=loaded["consumed_samples"])
