@@ -16,8 +16,7 @@
 #   GLOBAL_BATCH_SIZE=         samples per step (default: micro batch x data-parallel size)
 #   LR=3e-3                    peak learning rate (cosine decay, 20 warm-up steps)
 #   NPROC=                     processes (default: number of GPUs, else 2)
-#   MAX_RESTARTS=0             torchrun --max-restarts (see docs/training.md: not yet working on CPU/gloo);
-#                              relaunching this script resumes from the latest checkpoint
+#   MAX_RESTARTS=0             torchrun restarts; a restarted run resumes from the latest checkpoint
 #   SAVE_INTERVAL=100          checkpoint every N steps
 #   MASTER_PORT=29500
 # Examples:

@@ -47,6 +47,7 @@ def initialize_parallel(
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
+            store=_store_for_this_attempt(rank, world_size, timedelta(minutes=timeout_minutes)),
             rank=rank,
             world_size=world_size,
             timeout=timedelta(minutes=timeout_minutes),
@@ -67,6 +68,22 @@ def initialize_parallel(
         context_parallel_size=context_parallel_size,
     )
     model_parallel_cuda_manual_seed(seed)
+
+
+def _store_for_this_attempt(rank: int, world_size: int, timeout: timedelta):
+    """The rendezvous store, namespaced by torchrun's restart count.
+
+    Under torchrun the agent hosts one TCPStore for the whole job. After ``--max-restarts``
+    restarts the workers, the keys the previous attempt's process groups published (the gloo
+    addresses of rank 0 of each group) are still there under the same group names, so the new
+    workers would connect to dead addresses. A per-attempt prefix keeps every attempt apart.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        host, port, world_size, is_master=not agent_hosts_store and rank == 0, timeout=timeout,
+    )
+    return dist.PrefixStore(f"megatron_ponder/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def _free_port() -> int:

@@ -105,3 +105,38 @@ def test_distributed_optimizer_resume_is_exact(tmp_path):
     resumed = run_torchrun(PRETRAIN, 2, args + ["--metrics-file", resumed_metrics, "--load", checkpoints])
     assert "at iteration 4" in resumed.stdout
     assert train_losses(resumed_metrics) == train_losses(straight)
+
+
+@pytest.mark.slow
+def test_torchrun_restart_resumes_from_the_latest_checkpoint(tmp_path, uninterrupted):
+    """A worker killed mid-run under --max-restarts 1: torchrun restarts the workers, which resume
+    from the latest checkpoint (--load = --save) and finish with the uninterrupted losses."""
+    import psutil
+
+    metrics, checkpoints = tmp_path / "metrics.jsonl", tmp_path / "ckpt"
+    args = BASE + ["--train-iters", "8", "--metrics-file", metrics, "--save", checkpoints, "--load", checkpoints,
+                   "--save-interval", "2"]
+    command = torchrun_command(PRETRAIN, 2, args)
+    command[command.index("--nproc-per-node"):command.index("--nproc-per-node")] = ["--max-restarts", "1"]
+    out = tmp_path / "out.txt"
+    with open(out, "w") as handle:
+        run = subprocess.Popen(command, env=child_env(), start_new_session=True, stdout=handle,
+                               stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and (not metrics.exists() or max(train_losses(metrics), default=0) < 5):
+                time.sleep(0.2)
+            workers = [p for p in psutil.Process(run.pid).children()
+                       if "megatron_ponder.pretrain" in " ".join(p.cmdline())]
+            assert workers, "no worker process found"
+            workers[-1].kill()
+            returncode = run.wait(timeout=300)
+        finally:
+            try:
+                os.killpg(run.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    log = out.read_text()
+    assert returncode == 0, log[-3000:]
+    assert "resumed from" in log
+    assert train_losses(metrics) == uninterrupted
