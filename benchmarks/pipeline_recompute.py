@@ -95,7 +95,6 @@ def saved_activation_bytes(model, tokens, labels, positions) -> int:
 
 
 def single_process_table(repeats: int):
-    import torch
 
     from megatron_ponder.runtime.parallel_init import initialize_parallel
 
@@ -123,7 +122,6 @@ def pipeline_worker(out_path: str, microbatches: int, repeats: int):
     """Runs under torchrun (PP=2) or alone (PP=1, one thread): times one training step per mode."""
     import torch
 
-    from megatron.core import parallel_state
     from megatron.core.optimizer import OptimizerConfig
 
     from megatron_ponder.runtime.parallel_init import initialize_parallel

@@ -28,7 +28,7 @@ from typing import List, Optional, Tuple
 
 from megatron_ponder.data.errors import DataError
 from megatron_ponder.data.preprocess import preprocess_to_indexed_dataset
-from megatron_ponder.data.tokenizer import TOKENIZER_FILE, Tokenizer, train_bpe_tokenizer
+from megatron_ponder.data.tokenizer import TOKENIZER_FILE, train_bpe_tokenizer
 
 # Tests and tooling, not library code; site-packages is whatever happens to be installed.
 EXCLUDED_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "__pycache__"})

@@ -2,7 +2,6 @@
 
 import importlib.util
 import json
-import os
 import random
 import re
 import subprocess
