@@ -95,7 +95,6 @@ def saved_activation_bytes(model, tokens, labels, positions) -> int:
 
 
 def single_process_table(repeats: int):
-
     from megatron_ponder.runtime.parallel_init import initialize_parallel
 
     initialize_parallel()

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from megatron.core import parallel_state
@@ -224,6 +223,9 @@ def looped_forward_backward(
         finalize_model_grads_func: what the schedule calls after the last backward, with the
             real model list ``[ddp_model]`` (default: the model config's).
 
+    p2p settings come from the model config (``training.step.forward_backward`` turns batched
+    p2p off on gloo, where it is silently wrong for PP=2).
+
     Returns what the schedule returns (the loss reports of the final pass on the last stage).
     """
     model = unwrap_model(ddp_model)
@@ -239,10 +241,6 @@ def looped_forward_backward(
     # Passes are the virtual stages. Set only on the schedule's copy: on the build config it
     # would change which layers each stage owns.
     schedule_config.virtual_pipeline_model_parallel_size = len(plan)
-    if dist.get_backend() == "gloo":
-        # Batched isend/irecv mis-pairs the two same-direction messages of PP=2 on gloo (next and
-        # previous rank are the same process): silently wrong losses. Unbatched p2p is correct.
-        schedule_config.batch_p2p_comm = False
     finalize = finalize_model_grads_func or config.finalize_model_grads_func
     if finalize is not None:
         schedule_config.finalize_model_grads_func = lambda _chunks, *args, **kwargs: finalize(

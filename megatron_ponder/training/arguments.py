@@ -12,6 +12,7 @@ import argparse
 import os
 from typing import List, Optional, Sequence
 
+from megatron_ponder.parallel.context_parallel import check_sequence_layout
 from megatron_ponder.training.presets import PRESETS
 
 
@@ -173,12 +174,7 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
         fail(f"--num-layers {args.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
     if args.sequence_parallel and tp == 1:
         fail("--sequence-parallel needs --tensor-model-parallel-size > 1")
-    if args.sequence_parallel and args.seq_length % tp != 0:
-        fail(f"--seq-length {args.seq_length} is not divisible by --tensor-model-parallel-size {tp}: "
-             "sequence parallelism gives each rank whole tokens (with their thoughts)")
-    if cp > 1 and args.seq_length % (2 * cp) != 0:
-        fail(f"--seq-length {args.seq_length} is not divisible by 2 x --context-parallel-size = {2 * cp}: "
-             "context parallelism splits the sequence into 2*cp chunks of whole tokens")
+    check_sequence_layout(args.seq_length, tp, args.sequence_parallel, cp, length_name="--seq-length")
     if args.global_batch_size is None:
         args.global_batch_size = args.micro_batch_size * dp
     if args.global_batch_size % (args.micro_batch_size * dp) != 0:
