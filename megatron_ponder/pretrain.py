@@ -237,7 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_ponder.config import PonderConfigError
     from megatron_ponder.data.errors import DataError
     from megatron_ponder.parallel.context_parallel import ContextParallelLayoutError
-    from megatron_ponder.runtime.parallel_init import initialize_parallel
+    from megatron_ponder.runtime.parallel_init import initialize_parallel, shutdown_parallel
     from megatron_ponder.training.arguments import ArgumentError, describe, parse_args, validate_args
     from megatron_ponder.training.checkpointing import CheckpointError
     from megatron_ponder.training.step import NonFiniteLossError
@@ -269,8 +269,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         first, last = summary["valid_losses"][0][1], summary["valid_losses"][-1][1]
         _print_rank0(f"validation loss: {first:.4f} -> {last:.4f} (ppl {math.exp(min(first, 50)):.1f} -> "
                      f"{math.exp(min(last, 50)):.1f})")
-    dist.barrier()
-    dist.destroy_process_group()
+    shutdown_parallel()
     return 0
 
 

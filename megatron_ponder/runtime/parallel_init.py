@@ -1,9 +1,9 @@
 """Process-group and Megatron model-parallel initialisation for one process or torchrun.
 
-One call, :func:`initialize_parallel`, used by the tests and the training entry point:
-it starts ``torch.distributed`` from torchrun's environment (or as a world of one), applies
-the CPU runtime when there is no GPU, builds Megatron's TP/PP/CP/DP groups and seeds the
-model-parallel RNG tracker.
+:func:`initialize_parallel`, used by the tests and the training entry point, starts
+``torch.distributed`` from torchrun's environment (or as a world of one), applies the CPU
+runtime when there is no GPU, builds Megatron's TP/PP/CP/DP groups and seeds the
+model-parallel RNG tracker; :func:`shutdown_parallel` ends a run on every rank together.
 """
 
 from __future__ import annotations
@@ -68,6 +68,23 @@ def initialize_parallel(
         context_parallel_size=context_parallel_size,
     )
     model_parallel_cuda_manual_seed(seed)
+
+
+def shutdown_parallel() -> None:
+    """Leave together: barrier, then tear down Megatron's groups and the process group.
+
+    Why: a process that exits while a peer still talks to it (gloo pair threads of the
+    pipeline or data-parallel groups) can abort in C++ with "terminate called without an
+    active exception"; a final barrier followed by an explicit destroy ends every rank cleanly.
+    """
+    from megatron.core import parallel_state
+
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
 
 
 def _store_for_this_attempt(rank: int, world_size: int, timeout: timedelta):

@@ -143,4 +143,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from megatron_ponder.runtime.parallel_init import shutdown_parallel
+
     main()
+    shutdown_parallel()
