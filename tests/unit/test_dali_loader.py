@@ -120,3 +120,14 @@ def test_dali_rejects_configs_it_does_not_build(megatron_world_of_one, prefixes,
         train.config.eod_mask_loss = False
     with pytest.raises(DataError, match="--global-batch-size"):
         DaliMicrobatchStream(train, 6, 4, 0, 1, device_id=None)
+
+
+def test_dataloader_type_flag_without_dali_is_a_one_line_argument_error(monkeypatch):
+    from megatron_ponder.training.arguments import ArgumentError, parse_args, validate_args
+
+    args = parse_args(["--mock-data", "--dataloader-type", "dali"])
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    with pytest.raises(ArgumentError, match=r'pip install -e "\.\[dali\]"'):
+        validate_args(args, 1)
+    with pytest.raises(ArgumentError, match="--dali-py-workers 2 needs --dataloader-type dali"):
+        validate_args(parse_args(["--mock-data", "--dali-py-workers", "2"]), 1)
