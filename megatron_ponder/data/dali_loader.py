@@ -132,7 +132,8 @@ class DaliMicrobatchStream:
     Same arguments and output as :class:`~megatron_ponder.data.datasets.MicrobatchStream`, plus
     the DALI settings: ``device_id`` (None: CPU-only pipeline; a CUDA device: outputs copied to it
     in the prefetch queue; "auto": the current CUDA device when CUDA is available, else None),
-    ``num_threads`` (DALI CPU threads), ``prefetch_queue_depth`` (microbatches built ahead) and
+    ``num_threads`` (DALI CPU threads; the graph's ops are light, and on CPU the training processes
+    already hold the cores), ``prefetch_queue_depth`` (microbatches built ahead) and
     ``py_workers`` (processes running the window reads; 0 reads in this process).
     """
 
@@ -146,7 +147,7 @@ class DaliMicrobatchStream:
         consumed_samples: int = 0,
         *,
         device_id: Union[int, None, str] = "auto",
-        num_threads: int = 2,
+        num_threads: int = 1,
         prefetch_queue_depth: int = 2,
         py_workers: int = 0,
     ) -> None:
