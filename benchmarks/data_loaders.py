@@ -135,11 +135,13 @@ def main():
         print(f"train_step (cpu-tiny, {run.ponder_mode}): {step_ms:.0f} ms/step ({step_cpu_ms:.0f} CPU ms), "
               f"{rate:,.0f} tokens/s ({cpu_rate:,.0f} tokens/CPU-s)", flush=True)
 
+    load = os.getloadavg()[1]  # 5-minute load average: how busy the shared machine was
     single_128 = next(r[4] for r in rows if r[0] == "single" and r[1] == 128)
     lines = [
         "# Data loader benchmark",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared with other jobs while measured), "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared: 5-minute load average {load:.1f} "
+        "at the end of the run), "
         f"Python {platform.python_version()}, torch {torch.__version__}. "
         "Produced by `python benchmarks/data_loaders.py`.",
         f"Data: {args.documents} random documents of 20..2000 tokens ({tokens / 1e6:.1f} M tokens, uint16), "

@@ -18,9 +18,9 @@ Who decides what:
   prefetch queue of ``prefetch_queue_depth`` microbatches built on DALI's threads while the model
   computes. With CUDA the outputs are copied to the GPU inside that queue (GPU prefetch).
 
-What it accelerates, honestly: the per-token work is small next to a training step; the gain is
-that reading and collation leave the training loop's critical path (see
-docs/benchmarks/data_loaders.md for measured tokens/s).
+What it accelerates: no work is saved (the reads are Megatron's either way, and per CPU second the
+default loader is as cheap); reading and collation move off the training loop's thread and run
+ahead of the step, and on GPU the copy joins them. docs/benchmarks/data_loaders.md has the numbers.
 """
 
 from __future__ import annotations
@@ -160,8 +160,8 @@ class DaliMicrobatchStream:
         if device_id == "auto":
             device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
         if py_workers > 0 and device_id is not None:
-            # DALI's worker processes are forked, which CUDA in this process forbids.
-            raise DataError("DALI py_workers need a CPU-only pipeline: use py_workers=0 with CUDA")
+            raise DataError("--dali-py-workers needs a CPU-only pipeline (DALI forks its workers, which "
+                            "CUDA forbids): use --dali-py-workers 0 with CUDA")
         seq_length, pad_id = window_layout(dataset)
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size
