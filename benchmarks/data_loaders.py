@@ -151,7 +151,8 @@ def main():
         "## Loader throughput (batches pulled back to back, no training)",
         "",
         "Wall-clock rates depend on what else runs on the machine; rates per CPU second of the loading "
-        "process (DALI's threads included, its worker processes not) do not.",
+        "process (DALI's threads included; its worker processes not, so the py-workers rows understate "
+        "their cost) depend much less on it.",
         "",
         "| loader | seq length | micro batch | M tokens/s | M tokens per CPU-s |",
         "|---|---|---|---|---|",
