@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from megatron_ponder.data.datasets import rank_step_indices
+from megatron_ponder.data.datasets import MicrobatchStream, rank_step_indices
 from megatron_ponder.data.errors import DataError
 
 INSTALL_HINT = 'pip install -e ".[dali]"'
@@ -151,8 +151,6 @@ class DaliMicrobatchStream:
         prefetch_queue_depth: int = 2,
         py_workers: int = 0,
     ) -> None:
-        from megatron_ponder.data.datasets import MicrobatchStream
-
         fn, types, pipeline_def, iterator_class = import_dali()
         # The same argument checks (one-line DataErrors) as the default loader.
         MicrobatchStream(dataset, global_batch_size, micro_batch_size, data_parallel_rank,

@@ -120,6 +120,8 @@ def test_dali_rejects_configs_it_does_not_build(megatron_world_of_one, prefixes,
         train.config.eod_mask_loss = False
     with pytest.raises(DataError, match="--global-batch-size"):
         DaliMicrobatchStream(train, 6, 4, 0, 1, device_id=None)
+    with pytest.raises(DataError, match="use --dali-py-workers 0 with CUDA"):
+        DaliMicrobatchStream(train, 4, 2, 0, 1, device_id=0, py_workers=2)
 
 
 def test_dataloader_type_flag_without_dali_is_a_one_line_argument_error(monkeypatch):
