@@ -25,6 +25,10 @@ setup(
     ],
     extras_require={
         "cpu": ["torch==2.13.0"],
-        "test": ["pytest>=8.0"],
+        # --dataloader-type dali. The CUDA 13 wheel is the smaller one (~200 MB, pulls no CUDA
+        # torch) and also runs the CPU-only pipelines used without a GPU.
+        "dali": ["nvidia-dali-cuda130==2.4.0"],
+        # DALI too, so the suite runs the DALI loader tests (they run on CPU).
+        "test": ["pytest>=8.0", "nvidia-dali-cuda130==2.4.0"],
     },
 )

@@ -140,6 +140,19 @@ def _build_training_state(args, config):
     return model, chunks, optimizer, scheduler
 
 
+def _microbatch_stream(args, dataset, dp_rank: int, dp_size: int, consumed: int = 0):
+    """This rank's microbatches of ``dataset`` from ``consumed`` samples on, read by the chosen loader
+    (both give the same batches; see megatron_ponder.data.dali_loader)."""
+    if args.dataloader_type == "dali":
+        from megatron_ponder.data.dali_loader import DaliMicrobatchStream
+
+        return DaliMicrobatchStream(dataset, args.global_batch_size, args.micro_batch_size, dp_rank, dp_size,
+                                    consumed, py_workers=args.dali_py_workers)
+    from megatron_ponder.data.datasets import MicrobatchStream
+
+    return MicrobatchStream(dataset, args.global_batch_size, args.micro_batch_size, dp_rank, dp_size, consumed)
+
+
 # ---------------------------------------------------------------------------- loop
 def _evaluate(args, chunks, valid_stream) -> float:
     from megatron_ponder.training.step import evaluation_step
@@ -156,7 +169,6 @@ def train(args) -> dict:
     """Run the whole job; returns a summary (losses, paths) for callers and tests."""
     from megatron.core import parallel_state
 
-    from megatron_ponder.data.datasets import MicrobatchStream
     from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
     from megatron_ponder.training.flops import step_flops
     from megatron_ponder.training.run_logger import RunLogger
@@ -179,8 +191,8 @@ def train(args) -> dict:
 
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
-    stream = MicrobatchStream(train_set, args.global_batch_size, args.micro_batch_size, dp_rank, dp_size, consumed)
-    valid_stream = lambda: MicrobatchStream(valid_set, args.global_batch_size, args.micro_batch_size, dp_rank, dp_size)  # noqa: E731
+    stream = _microbatch_stream(args, train_set, dp_rank, dp_size, consumed)
+    valid_stream = lambda: _microbatch_stream(args, valid_set, dp_rank, dp_size)  # noqa: E731
 
     logger = RunLogger(args, total_iters=args.train_iters, start_iteration=start_iteration)
     run_args = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))}

@@ -6,7 +6,7 @@
 * :func:`build_gpt_datasets` builds (train, valid, test) with Megatron-Core's own
   ``BlendedMegatronDatasetBuilder`` + ``GPTDataset`` (or ``MockGPTDataset``).
 * :class:`MicrobatchStream` cuts a dataset into this rank's microbatches, deterministically
-  and resumably.
+  and resumably (order: :func:`rank_step_indices`; the DALI loader reads the same order).
 
 ``build_gpt_datasets`` is collective under ``torch.distributed``: every rank must call it.
 Megatron builds each index cache on rank 0, barriers, then the other ranks load the cache.
@@ -275,6 +275,25 @@ def _is_number(word: str) -> bool:
     return True
 
 
+def rank_step_indices(
+    consumed_samples: int,
+    global_batch_size: int,
+    data_parallel_rank: int,
+    data_parallel_size: int,
+    dataset_length: int,
+) -> List[int]:
+    """Dataset indices this rank reads in the step that starts after ``consumed_samples``.
+
+    The step covers samples ``[c, c + global_batch_size)`` (modulo ``dataset_length``);
+    rank r takes the contiguous r-th ``1/data_parallel_size`` of them. The one definition of
+    sample order shared by :class:`MicrobatchStream` and the DALI loader
+    (:mod:`megatron_ponder.data.dali_loader`).
+    """
+    per_rank = global_batch_size // data_parallel_size
+    start = consumed_samples + data_parallel_rank * per_rank
+    return [(start + i) % dataset_length for i in range(per_rank)]
+
+
 class MicrobatchStream:
     """This rank's microbatches of successive global batches of a dataset.
 
@@ -324,10 +343,9 @@ class MicrobatchStream:
     def next_step(self) -> List[Dict[str, Optional[torch.Tensor]]]:
         """``num_microbatches`` dicts of ``tokens``/``labels``/``position_ids`` [b, L] int64,
         ``loss_mask`` [b, L] float32 and ``attention_mask`` None (b = micro_batch_size)."""
-        per_rank = self.global_batch_size // self.data_parallel_size
-        start = self.consumed_samples + self.data_parallel_rank * per_rank
-        indices = [(start + i) % len(self.dataset) for i in range(per_rank)]
-        b = self.micro_batch_size
+        indices = rank_step_indices(self.consumed_samples, self.global_batch_size,
+                                    self.data_parallel_rank, self.data_parallel_size, len(self.dataset))
+        per_rank, b = len(indices), self.micro_batch_size
         batches = [self._collate(indices[i : i + b]) for i in range(0, per_rank, b)]
         self.consumed_samples += self.global_batch_size
         return batches

@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer", "NullTokenizer"], default=None)
     data.add_argument("--tokenizer-model", default=None, help="tokenizer.json or a folder holding one")
     data.add_argument("--data-cache-path", default=None)
+    data.add_argument("--dataloader-type", choices=["single", "dali"], default="single",
+                      help="single: Megatron-LM's sequential sampler over the shuffled dataset, read in the "
+                           "training process; dali: the same samples in the same order, read and batched by "
+                           "an NVIDIA DALI pipeline with prefetch (needs pip install -e \".[dali]\")")
+    data.add_argument("--dali-py-workers", type=int, default=0,
+                      help="dali: processes that read token windows ahead of the step (0: read in the "
+                           "training process; CPU-only pipelines)")
 
     io = parser.add_argument_group("checkpoints and logging")
     io.add_argument("--save", default=None, help="checkpoint folder")
@@ -200,6 +207,16 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
     if args.data_path and not args.tokenizer_model and args.tokenizer_type != "NullTokenizer":
         fail("--data-path needs the tokenizer it was preprocessed with: --tokenizer-type HuggingFaceTokenizer "
              "--tokenizer-model PATH")
+    if args.dataloader_type == "dali":
+        from megatron_ponder.data.dali_loader import import_dali
+        from megatron_ponder.data.errors import DataError
+
+        try:
+            import_dali()
+        except DataError as error:
+            fail(str(error))
+    if args.dali_py_workers < 0 or (args.dali_py_workers and args.dataloader_type != "dali"):
+        fail(f"--dali-py-workers {args.dali_py_workers} needs --dataloader-type dali and a count >= 0")
     if args.save_interval is not None and not args.save:
         fail("--save-interval needs --save DIR")
     if args.save:
