@@ -26,5 +26,9 @@ setup(
     extras_require={
         "cpu": ["torch==2.13.0"],
         "test": ["pytest>=8.0"],
+        # GPU: Transformer Engine layers and FP8 (docs/gpu.md). megatron-core 0.16.1 supports
+        # TE 2.9 - 2.11; transformer-engine-torch builds from source against the installed CUDA
+        # torch, so install with --no-build-isolation (or use an NGC PyTorch container, which has it).
+        "gpu": ["transformer-engine[pytorch]>=2.9,<2.12"],
     },
 )
