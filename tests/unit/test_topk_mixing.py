@@ -94,3 +94,15 @@ def test_model_topk_matches_reference_and_differs_from_dense(megatron_world_of_o
     expected.sum().backward()
     reference_grads = {name: param.grad for name, param in reference.named_parameters()}
     _assert_gradients_close(gradients_in_reference_layout(model, style), reference_grads, 1e-5)
+
+
+def test_topk_mixing_runs_in_bf16():
+    torch.manual_seed(2)
+    logits = torch.randn(4, 2, 32, dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(32, 8, dtype=torch.bfloat16, requires_grad=True)
+    mixed = vocab_parallel_topk_mixture(logits, weight, 32, None, False)
+    dense = vocab_parallel_softmax(logits.detach(), None) @ weight.detach().float()
+    assert mixed.dtype == torch.bfloat16
+    assert relative_error(mixed.float(), dense) < 1e-2
+    mixed.float().sum().backward()
+    assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(weight.grad).all()
