@@ -27,7 +27,7 @@ MODES = {
     "ponder": dict(ponder_mode="ponder", ponder_steps=2),
     "latent1": dict(ponder_mode="latent", num_latent_thoughts=1, jacobi_train_rounds=(1, 3)),
     "latent2": dict(ponder_mode="latent", num_latent_thoughts=2, jacobi_train_rounds=(1, 3)),
-    # Top-K mixing (8 of the 64 tokens); run by test_topk_mixing_layouts.py, not by default.
+    # Top-K mixing (8 of the 64 tokens); only where the test asks for it (--modes).
     "ponder_topk": dict(ponder_mode="ponder", ponder_steps=2, ponder_topk=8),
 }
 DEFAULT_MODES = ("none", "ponder", "latent1", "latent2")
