@@ -30,5 +30,9 @@ setup(
         "dali": ["nvidia-dali-cuda130==2.4.0"],
         # DALI too, so the suite runs the DALI loader tests (they run on CPU).
         "test": ["pytest>=8.0", "nvidia-dali-cuda130==2.4.0"],
+        # GPU: Transformer Engine layers and FP8 (docs/gpu.md). megatron-core 0.16.1 supports
+        # TE 2.9 - 2.11; transformer-engine-torch builds from source against the installed CUDA
+        # torch, so install with --no-build-isolation (or use an NGC PyTorch container, which has it).
+        "gpu": ["transformer-engine[pytorch]>=2.9,<2.12"],
     },
 )

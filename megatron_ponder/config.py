@@ -42,6 +42,14 @@ class PonderConfig(TransformerConfig):
     """Ponder mode: rows of the embedding that are real tokens; rows past it (vocabulary padding)
     get probability 0 in the mixture. None: every row is a token."""
 
+    ponder_topk: Optional[int] = None
+    """Ponder mode: mix only the K most probable tokens (softmax over their K logits, the paper's
+    sparse variant, K=100 there) instead of the whole vocabulary. None: dense mixing."""
+
+    ponder_fp8_mixing: bool = True
+    """Ponder mode with ``fp8`` set: run the dense mixing GEMM p @ E through Transformer Engine
+    FP8 GEMMs (E4M3 operands, per-tensor current scaling). False keeps it in the model dtype."""
+
     num_latent_thoughts: int = 1
     """Latent mode: N, the thoughts emitted before each real token."""
 
@@ -80,6 +88,12 @@ class PonderConfig(TransformerConfig):
             fail("ponder_steps", f"must be an integer >= 1; got {self.ponder_steps!r}")
         if self.ponder_vocab_size is not None and self.ponder_vocab_size < 1:
             fail("ponder_vocab_size", f"must be >= 1 or None; got {self.ponder_vocab_size!r}")
+        if self.ponder_topk is not None:
+            if not isinstance(self.ponder_topk, int) or self.ponder_topk < 1:
+                fail("ponder_topk", f"must be an integer >= 1 or None; got {self.ponder_topk!r}")
+            if self.ponder_vocab_size is not None and self.ponder_topk > self.ponder_vocab_size:
+                fail("ponder_topk", f"{self.ponder_topk} exceeds the vocabulary ({self.ponder_vocab_size} tokens): "
+                     "lower it (or leave it unset for dense mixing)")
         if not isinstance(self.num_latent_thoughts, int) or self.num_latent_thoughts < 1:
             fail("num_latent_thoughts", f"must be an integer >= 1; got {self.num_latent_thoughts!r}")
         rounds = self.jacobi_train_rounds

@@ -73,6 +73,9 @@ def _model_config(args):
         recompute = dict(recompute_granularity="selective")
     precision = dict(bf16=True, params_dtype=torch.bfloat16, pipeline_dtype=torch.bfloat16) if args.bf16 \
         else dict(pipeline_dtype=torch.float32)
+    if args.fp8_format is not None:
+        precision.update(fp8=args.fp8_format, fp8_recipe=args.fp8_recipe,
+                         fp8_amax_history_len=args.fp8_amax_history_len, fp8_amax_compute_algo="max")
     return make_ponder_config(
         args.architecture,
         num_layers=args.num_layers,
@@ -92,6 +95,8 @@ def _model_config(args):
         ponder_mode=args.ponder_mode,
         ponder_steps=args.ponder_steps,
         ponder_accumulate=not args.ponder_replace,
+        ponder_topk=args.ponder_topk,
+        ponder_fp8_mixing=not args.no_fp8_mixing,
         ponder_vocab_size=args.tokenizer_vocab_size,
         num_latent_thoughts=args.num_latent_thoughts,
         jacobi_train_rounds=tuple(args.jacobi_iters),
@@ -112,7 +117,8 @@ def _build_training_state(args, config):
     from megatron_ponder.training.optimizer import wrap_and_build_optimizer
 
     torch.manual_seed(args.seed)  # identical CPU init on every rank: shards are slices of one model
-    model = build_ponder_gpt(config, args.architecture, args.vocab_size, args.max_position_embeddings)
+    model = build_ponder_gpt(config, args.architecture, args.vocab_size, args.max_position_embeddings,
+                             transformer_impl=args.transformer_impl)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     wrapped = Float16Module(config, model) if args.bf16 else model

@@ -42,7 +42,8 @@ def tiny_model(style: str, seed: int = 0, tied: Optional[bool] = None, **fields)
     randomised so no mapping error can hide. ``tied`` overrides the style's embedding tying."""
     torch.manual_seed(seed)
     model = build_ponder_gpt(
-        tiny_config(style, **fields), style, VOCAB, MAX_POSITIONS, share_embeddings_and_output_weights=tied
+        tiny_config(style, **fields), style, VOCAB, MAX_POSITIONS, share_embeddings_and_output_weights=tied,
+        transformer_impl="local",  # the reference weight map is the local spec's (also on GPU machines)
     )
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

@@ -14,7 +14,7 @@ from megatron.core import parallel_state
 
 from megatron_ponder.config import PonderConfig
 from megatron_ponder.model.ponder_gpt import PonderGPTModel
-from megatron_ponder.model.specs import get_local_block_spec
+from megatron_ponder.model.specs import get_block_spec
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,13 @@ def build_ponder_gpt(
     post_process: Optional[bool] = None,
     vp_stage: Optional[int] = None,
     share_embeddings_and_output_weights: Optional[bool] = None,
+    transformer_impl: str = "auto",
 ) -> PonderGPTModel:
-    """A PonderGPTModel of ``style`` on the local layer spec, for this rank's pipeline stage.
+    """A PonderGPTModel of ``style`` for this rank's pipeline stage.
+
+    ``transformer_impl``: ``auto`` (Transformer Engine layers when TE is usable here, i.e. on a
+    CUDA machine with TE installed; Megatron's local layers otherwise), ``local`` or
+    ``transformer_engine`` (see :func:`megatron_ponder.model.specs.get_block_spec`).
 
     ``max_sequence_length`` counts tokens, not slots: thought slots reuse their token's position.
     ``pre_process``/``post_process`` default to whether this rank is the first/last pipeline
@@ -86,7 +91,7 @@ def build_ponder_gpt(
         share_embeddings_and_output_weights = chosen.share_embeddings_and_output_weights
     return PonderGPTModel(
         config,
-        get_local_block_spec(config, vp_stage=vp_stage),
+        get_block_spec(config, vp_stage=vp_stage, transformer_impl=transformer_impl),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
         pre_process=pre_process,

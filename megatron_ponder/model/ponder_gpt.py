@@ -5,7 +5,7 @@ norm) and the output layer are GPTModel's own modules; only ``forward`` changes:
 
 * ``none``:   GPTModel.forward, untouched.
 * ``ponder``: e_0 = s*E(x); S times: cur <- cur (or e_0) + s * softmax(W_out M(cur)) @ E.weight;
-              loss on W_out M(cur).
+              loss on W_out M(cur). The mixture is dense, FP8 or top-K (``ponder_mixture``).
 * ``latent``: N initial passes build the thoughts, J Jacobi rounds refine them over the
               interleaved sequence, a final pass gives logits at each token's last thought.
 
@@ -33,6 +33,7 @@ from megatron_ponder.model.interleave import (
 from megatron_ponder.model.vocab_mixing import (
     probability_weighted_embedding,
     vocab_parallel_softmax,
+    vocab_parallel_topk_mixture,
 )
 from megatron_ponder.parallel.context_parallel import check_sequence_layout
 from megatron_ponder.parallel.feedback_embedding import (
@@ -162,6 +163,9 @@ class PonderGPTModel(GPTModel):
 
         On a pipeline stage without the embedding, Megatron's block reads its input from
         ``set_input_tensor``; we route ``hidden`` there so every stage is called alike.
+        With ``config.fp8`` the block enters Megatron's FP8 context
+        (``megatron.core.fp8_utils.get_fp8_context``) around its layers on every call, so every
+        pass of both methods runs its transformer GEMMs in FP8.
         """
         # A view gives the pass's input its own autograd node, so the gradients of the first
         # layer's two consumers (norm and residual) are summed before they meet the input's
@@ -201,17 +205,29 @@ class PonderGPTModel(GPTModel):
         return state
 
     def ponder_mixture(self, hidden: Tensor) -> Tensor:
-        """s * softmax(W_out h) @ E: [s(/tp), b, h] final-norm output -> [s(/tp), b, h] mixture."""
+        """s * softmax(W_out h) @ E: [s(/tp), b, h] final-norm output -> [s(/tp), b, h] mixture.
+
+        Dense over the whole vocabulary (its GEMM in FP8 when ``config.fp8`` and
+        ``config.ponder_fp8_mixing``), or over the ``config.ponder_topk`` most probable tokens.
+        """
         config = self.config
         tp_group = self.pg_collection.tp
         weight = self.mixing_embedding_weight()
-        probs = vocab_parallel_softmax(
-            self.output_logits(hidden),
-            tp_group,
-            vocab_start_index=self.pg_collection.tp.rank() * weight.size(0),
-            valid_vocab_size=config.ponder_vocab_size,
-        )
-        mixture = probability_weighted_embedding(probs, weight, tp_group, config.sequence_parallel)
+        logits = self.output_logits(hidden)
+        vocab_start = tp_group.rank() * weight.size(0)
+        if config.ponder_topk is not None:
+            mixture = vocab_parallel_topk_mixture(
+                logits, weight, config.ponder_topk, tp_group, config.sequence_parallel,
+                vocab_start_index=vocab_start, valid_vocab_size=config.ponder_vocab_size,
+            )
+        else:
+            probs = vocab_parallel_softmax(
+                logits, tp_group, vocab_start_index=vocab_start, valid_vocab_size=config.ponder_vocab_size
+            )
+            fp8_format = config.fp8 if config.ponder_fp8_mixing else None
+            mixture = probability_weighted_embedding(
+                probs, weight, tp_group, config.sequence_parallel, fp8_format=fp8_format
+            )
         scale = config.input_embedding_scale
         return mixture if scale == 1.0 else mixture * scale
 

@@ -3,8 +3,11 @@
 * :func:`get_local_block_spec` — Megatron-Core's local (non-Transformer-Engine) GPT layer, with a
   torch norm that also works under sequence parallelism and, when context parallelism is on, a
   core attention that implements it (CPU runs, tests, laptops).
-
-The Transformer Engine spec (GPU) and the GPT-NeoX parallel-residual spec plug in here too.
+* :func:`get_transformer_engine_block_spec` — Megatron-Core's Transformer Engine GPT layer
+  (fused norm+linear, TE attention with its own context parallelism, FP8-capable GEMMs) (GPU).
+* :func:`get_block_spec` — picks one: ``auto`` takes Transformer Engine when it is usable here
+  (CUDA present and ``transformer_engine.pytorch`` imports), the local spec otherwise. TE is
+  imported only on that path, never on a machine without CUDA.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from megatron.core.transformer.transformer_block import (
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_ponder.parallel.context_parallel import ContextParallelLocalAttention
+from megatron_ponder.runtime.transformer_engine import transformer_engine_unusable_reason
+
+TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
 
 
 class SequenceParallelTorchNorm:
@@ -90,3 +96,51 @@ def get_local_block_spec(
         layer_specs=[layer_spec] * get_num_layers_to_build(config, vp_stage=vp_stage),
         layer_norm=SequenceParallelTorchNorm,
     )
+
+
+def get_transformer_engine_block_spec(
+    config: TransformerConfig, vp_stage: Optional[int] = None
+) -> TransformerBlockSubmodules:
+    """Megatron's Transformer Engine GPT layer spec for ``config``, as a block spec (GPU only).
+
+    TE's fused LayerNorm/RMSNorm+linear reads ``config.normalization``; its attention handles
+    sequence and context parallelism itself, so no local replacement is needed here.
+    """
+    reason = transformer_engine_unusable_reason()
+    if reason is not None:
+        raise RuntimeError(f"the Transformer Engine layer spec is unavailable: {reason}")
+    from megatron.core.extensions.transformer_engine import TENorm
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+    layer_spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
+    return TransformerBlockSubmodules(
+        layer_specs=[layer_spec] * get_num_layers_to_build(config, vp_stage=vp_stage),
+        layer_norm=TENorm,
+    )
+
+
+def resolve_transformer_impl(transformer_impl: str = "auto") -> str:
+    """``auto`` -> ``transformer_engine`` when TE is usable here, else ``local``."""
+    if transformer_impl not in TRANSFORMER_IMPLS:
+        raise ValueError(
+            f"unknown transformer_impl {transformer_impl!r}; choose one of {', '.join(TRANSFORMER_IMPLS)}"
+        )
+    if transformer_impl == "auto":
+        return "transformer_engine" if transformer_engine_unusable_reason() is None else "local"
+    return transformer_impl
+
+
+def get_block_spec(
+    config: TransformerConfig, vp_stage: Optional[int] = None, transformer_impl: str = "auto"
+) -> TransformerBlockSubmodules:
+    """The block spec of ``transformer_impl`` (``auto``, ``local`` or ``transformer_engine``).
+
+    FP8 (``config.fp8``) runs in Transformer Engine's GEMMs only, so it needs the TE spec.
+    """
+    impl = resolve_transformer_impl(transformer_impl)
+    if config.fp8 and impl != "transformer_engine":
+        reason = transformer_engine_unusable_reason() or "the local layer spec was requested"
+        raise ValueError(f"fp8={config.fp8!r} needs the Transformer Engine layer spec: {reason}")
+    if impl == "transformer_engine":
+        return get_transformer_engine_block_spec(config, vp_stage)
+    return get_local_block_spec(config, vp_stage)

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--ponder-mode", choices=["none", "ponder", "latent"], default="latent")
     method.add_argument("--ponder-steps", type=int, default=3, help="ponder: feedback passes S")
     method.add_argument("--ponder-replace", action="store_true", help="ponder: cur = e_0 + p@E instead of cur += p@E")
+    method.add_argument("--ponder-topk", type=int, default=None, metavar="K",
+                        help="ponder: mix only the K most probable tokens (softmax over their K logits; "
+                             "default: the whole vocabulary)")
+    method.add_argument("--no-fp8-mixing", action="store_true",
+                        help="ponder with --fp8-format: keep the dense mixing GEMM p@E in BF16 instead of FP8")
     method.add_argument("--num-latent-thoughts", type=int, default=1, help="latent: thoughts N per token")
     method.add_argument("--jacobi-iters", type=_jacobi_range, default=(2, 3),
                         help="latent: Jacobi rounds J per training step, N or LO,HI drawn per step (default 2,3)")
@@ -95,6 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     precision = parser.add_argument_group("precision and memory")
     precision.add_argument("--bf16", action="store_true")
+    precision.add_argument("--fp8-format", choices=["e4m3", "hybrid"], default=None,
+                           help="FP8 GEMMs through Transformer Engine (GPU, needs --bf16): e4m3 everywhere, "
+                                "or hybrid (E4M3 forward, E5M2 gradients)")
+    precision.add_argument("--fp8-recipe", choices=["delayed", "tensorwise", "mxfp8", "blockwise"], default="delayed",
+                           help="FP8 scaling of the transformer layers: delayed (amax history), tensorwise "
+                                "(current per-tensor), mxfp8 or blockwise (Blackwell / newer TE)")
+    precision.add_argument("--fp8-amax-history-len", type=int, default=1024, help="delayed recipe: amax history")
+    precision.add_argument("--transformer-impl", choices=["auto", "local", "transformer_engine"], default="auto",
+                           help="layer implementation: auto = Transformer Engine when CUDA and TE are present, "
+                                "else Megatron's local layers")
     precision.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
     precision.add_argument("--recompute-method", choices=["uniform", "block"], default="uniform")
     precision.add_argument("--recompute-num-layers", type=int, default=1)
@@ -198,6 +213,11 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
     if not 0 <= args.lr_warmup_iters < args.lr_decay_iters:
         fail(f"--lr-warmup-iters {args.lr_warmup_iters} must be >= 0 and below --lr-decay-iters "
              f"{args.lr_decay_iters}")
+    if args.ponder_topk is not None and args.ponder_topk < 1:
+        fail(f"--ponder-topk must be >= 1, got {args.ponder_topk}")
+    if args.ponder_topk is not None and args.ponder_mode != "ponder":
+        fail(f"--ponder-topk only applies to --ponder-mode ponder (got {args.ponder_mode})")
+    _check_precision(args, fail)
     lo, hi = args.jacobi_iters
     if lo < 0 or lo > hi:
         fail(f"--jacobi-iters {lo},{hi} is not a range LO <= HI with LO >= 0")
@@ -223,6 +243,25 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
         _check_writable(args.save)
     args.data_parallel_size = dp
     args.num_microbatches = microbatches
+
+
+def _check_precision(args: argparse.Namespace, fail) -> None:
+    """FP8 and the Transformer Engine layers need a GPU with TE; checked without importing TE on CPU."""
+    from megatron_ponder.runtime.transformer_engine import transformer_engine_unusable_reason
+
+    wants_te = args.fp8_format is not None or args.transformer_impl == "transformer_engine"
+    if wants_te:
+        reason = transformer_engine_unusable_reason()
+        if reason is not None:
+            flag = "--fp8-format" if args.fp8_format is not None else "--transformer-impl transformer_engine"
+            fail(f"{flag} needs Transformer Engine on a GPU: {reason}")
+    if args.fp8_format is not None:
+        if args.transformer_impl == "local":
+            fail("--fp8-format needs the Transformer Engine layers: drop --transformer-impl local")
+        if not args.bf16:
+            fail("--fp8-format needs --bf16 (FP8 GEMMs run inside a BF16 model)")
+    if args.fp8_amax_history_len < 1:
+        fail(f"--fp8-amax-history-len must be >= 1, got {args.fp8_amax_history_len}")
 
 
 def _check_writable(path: str) -> None:

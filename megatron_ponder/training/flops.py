@@ -31,9 +31,11 @@ def step_flops(config, seq_length: int, batch: int, vocab: int, jacobi_rounds: i
     if config.ponder_mode == "ponder":
         passes = config.ponder_steps + 1
         layers = passes * _layers_forward(config, L, batch)
-        # logits of every pass, plus the mixture GEMM p @ E of every feedback pass
+        # logits of every pass, plus the mixture p @ E of every feedback pass (over K rows with
+        # top-K mixing, a weighted sum of K embedding rows per position)
         other = passes * _output_forward(config, L, batch, vocab)
-        other += config.ponder_steps * _output_forward(config, L, batch, vocab)
+        mixed_rows = vocab if config.ponder_topk is None else min(config.ponder_topk, vocab)
+        other += config.ponder_steps * _output_forward(config, L, batch, mixed_rows)
     elif config.ponder_mode == "latent":
         n = config.num_latent_thoughts
         layers = sum(_layers_forward(config, k * L, batch) for k in range(1, n + 1))

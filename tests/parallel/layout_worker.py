@@ -27,7 +27,10 @@ MODES = {
     "ponder": dict(ponder_mode="ponder", ponder_steps=2),
     "latent1": dict(ponder_mode="latent", num_latent_thoughts=1, jacobi_train_rounds=(1, 3)),
     "latent2": dict(ponder_mode="latent", num_latent_thoughts=2, jacobi_train_rounds=(1, 3)),
+    # Top-K mixing (8 of the 64 tokens); only where the test asks for it (--modes).
+    "ponder_topk": dict(ponder_mode="ponder", ponder_steps=2, ponder_topk=8),
 }
+DEFAULT_MODES = ("none", "ponder", "latent1", "latent2")
 SEQ_LENGTH = 8
 GLOBAL_BATCH = 8
 # Adam's first steps move every weight by about lr * sign(g): with the default eps (1e-8) a weight
@@ -92,7 +95,7 @@ def main():
     parser.add_argument("--untied", action="store_true", help="GPT-2 style with untied embeddings")
     parser.add_argument("--sp", action="store_true")
     parser.add_argument("--distributed-optimizer", action="store_true")
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--micro-batch-size", type=int, default=2, help="global batch is 8 samples")
     parser.add_argument("--init", required=True, help="initial checkpoint folder")

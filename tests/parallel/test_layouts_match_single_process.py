@@ -7,6 +7,10 @@ grad norms must match the world-of-one run to rel. 1e-5 in fp32.
 
 Pipeline layouts run every pass through every stage (the looped pipeline), including untied
 ponder feedback (LLaMA style: a copy of E on the last stage) and tied (GPT-2 style).
+
+Top-K mixing (ponder S=2, K=8 of 64 tokens) runs in the TP=2 and TP=2+SP layouts too: each rank holds half
+the vocabulary, so the global top-K, the softmax gradient and the embedding-row gradients cross
+the rank boundary, and the mixture is all-reduced or reduce-scattered to sequence shards.
 """
 
 import json
@@ -18,6 +22,7 @@ from torchrun import run_torchrun
 
 WORKER = Path(__file__).with_name("layout_worker.py")
 MODES = ["none", "ponder", "latent1", "latent2"]
+TOPK_MODE, TOPK_LAYOUTS = "ponder_topk", ("tp2", "tp2-sp")  # LLaMA style
 
 LAYOUTS = {
     # name: (processes, worker flags)
@@ -51,7 +56,8 @@ def single_process_runs(tmp_path_factory):
         init = folder / "init"
         run_torchrun(WORKER, 1, ["--style", style, "--init", str(init), "--save-init"])
         out = folder / "single.json"
-        run_torchrun(WORKER, 1, ["--style", style, "--init", str(init), "--out", str(out)])
+        modes = MODES + ([TOPK_MODE] if style == "llama" else [])
+        run_torchrun(WORKER, 1, ["--style", style, "--init", str(init), "--modes", ",".join(modes), "--out", str(out)])
         runs[style] = (init, json.loads(out.read_text()))
     return runs
 
@@ -65,13 +71,15 @@ def test_layout_reproduces_single_process(single_process_runs, tmp_path, style, 
     init, expected = single_process_runs[style]
     nproc, flags = LAYOUTS[layout]
     out = tmp_path / "layout.json"
-    run_torchrun(WORKER, nproc, ["--style", style, *flags, "--init", str(init), "--out", str(out)])
+    modes = MODES + ([TOPK_MODE] if style == "llama" and layout in TOPK_LAYOUTS else [])
+    run_torchrun(WORKER, nproc, ["--style", style, *flags, "--init", str(init), "--modes", ",".join(modes),
+                                 "--out", str(out)])
     got = json.loads(out.read_text())
-    for mode in MODES:
+    for mode in modes:
         assert len(got[mode]["losses"]) == 3
         for step, (loss, want) in enumerate(zip(got[mode]["losses"], expected[mode]["losses"])):
             assert _relative(loss, want) < 1e-5, (mode, step, loss, want)
         for step, (norm, want) in enumerate(zip(got[mode]["grad_norms"], expected[mode]["grad_norms"])):
             assert _relative(norm, want) < 1e-5, (mode, step, norm, want)
     # The runs must differ between modes, or equal numbers would prove nothing about the passes.
-    assert len({round(got[mode]["losses"][0], 6) for mode in MODES}) == len(MODES)
+    assert len({round(got[mode]["losses"][0], 6) for mode in modes}) == len(modes)

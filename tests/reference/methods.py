@@ -12,7 +12,7 @@ Token slots hold scale * embed(x_i, pos_i); thought slots hold body outputs unch
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -41,19 +41,26 @@ def ponder_loss(
     steps: int,
     accumulate: bool,
     scale: float,
+    topk: Optional[int] = None,
 ) -> torch.Tensor:
     """Pondering with `steps` ponder steps (steps + 1 full passes) -> [b, L].
 
     e0 = scale * embed; per step: p = softmax(logits(body(cur))) over the vocab,
     cur = cur + scale * p @ E (accumulate) or e0 + scale * p @ E; loss on the final pass only.
+    With `topk` = K: p = softmax over the K largest logits only, mixture = sum_j p_j E[id_j].
     """
     e0 = scale * model.embed(tokens, position_ids)  # [b, L, h]
     cur = e0
+    weight = model.word_embedding_weight
     for _ in range(steps):
-        h = model.body(cur, position_ids)
-        p = torch.softmax(model.logits(h).float(), dim=-1)  # [b, L, V]
-        weight = model.word_embedding_weight
-        mixed = scale * (p.to(weight.dtype) @ weight)  # [b, L, h]
+        logits = model.logits(model.body(cur, position_ids)).float()  # [b, L, V]
+        if topk is None:
+            p = torch.softmax(logits, dim=-1)  # [b, L, V]
+            mixed = scale * (p.to(weight.dtype) @ weight)  # [b, L, h]
+        else:
+            values, ids = logits.topk(topk, dim=-1)  # [b, L, K]
+            p = torch.softmax(values, dim=-1)
+            mixed = scale * (p.unsqueeze(-1).to(weight.dtype) * weight[ids]).sum(dim=-2)  # [b, L, h]
         cur = cur + mixed if accumulate else e0 + mixed
     return per_token_ce(model.logits(model.body(cur, position_ids)), labels)
 

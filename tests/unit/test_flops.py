@@ -28,3 +28,9 @@ def test_latent_counts_initial_jacobi_and_final_passes():
     double_layers = step_flops(PonderConfig(**SIZE), 16, 2, 0, 0)
     # one pass at L, then J=2 rounds + the final pass at 2L; output layer excluded (vocab 0)
     assert step_flops(config, 8, 2, 0, 2) == pytest.approx(vanilla_layers + 3 * double_layers)
+
+
+def test_topk_mixing_counts_k_rows_per_position():
+    dense = step_flops(PonderConfig(**SIZE, ponder_mode="ponder", ponder_steps=3), 8, 2, 100, 0)
+    topk = step_flops(PonderConfig(**SIZE, ponder_mode="ponder", ponder_steps=3, ponder_topk=10), 8, 2, 100, 0)
+    assert dense - topk == pytest.approx(3 * 3 * 2 * 2 * 8 * 64 * (100 - 10))

@@ -18,7 +18,9 @@ SIZE = dict(
 @pytest.mark.parametrize("style", ["llama", "gpt2"])
 def test_mode_none_equals_stock_gpt_model(megatron_world_of_one, style):
     torch.manual_seed(0)
-    ponder = build_ponder_gpt(make_ponder_config(style, **SIZE), style, vocab_size=96, max_sequence_length=16)
+    ponder = build_ponder_gpt(
+        make_ponder_config(style, **SIZE), style, vocab_size=96, max_sequence_length=16, transformer_impl="local"
+    )
     chosen = get_style(style)
     torch.manual_seed(0)
     stock_config = TransformerConfig(**chosen.config_fields, **SIZE)
