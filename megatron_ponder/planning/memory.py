@@ -124,12 +124,10 @@ def _backward_extra(run: RunSpec, layout: Layout, stage: int, passes, v: int) ->
 def activation_peak(run: RunSpec, layout: Layout, stage: int, jacobi_rounds: int) -> float:
     """Peak activation bytes on pipeline stage ``stage`` over one training step."""
     passes = step_passes(run.method, jacobi_rounds)
-    order = schedule_order(layout.pp, stage, layout.num_microbatches, len(passes))
-    return peak_in_flight(
-        order,
-        lambda v: pass_bytes(run, layout, stage, passes, v),
-        lambda v: _backward_extra(run, layout, stage, passes, v),
-    )
+    order = schedule_order(layout.pp, stage, layout.num_microbatches, len(passes), peak_only=True)
+    sizes = [pass_bytes(run, layout, stage, passes, v) for v in range(len(passes))]
+    extras = [_backward_extra(run, layout, stage, passes, v) for v in range(len(passes))]
+    return peak_in_flight(order, sizes.__getitem__, extras.__getitem__)
 
 
 @dataclass
@@ -155,7 +153,9 @@ def plan_memory(run: RunSpec, layout: Layout) -> MemoryPlan:
     rounds = run.method.jacobi_rounds[1]
     passes = step_passes(run.method, rounds)
     best = None
-    for stage in range(layout.pp):
+    # The first stage holds the most chunks in flight, the last the loss head, stage 1 the
+    # padded pipeline messages; the stages in between hold less than stage 1.
+    for stage in sorted({0, min(1, layout.pp - 1), layout.pp - 1}):
         params = stage_params(run.model, run.method, layout, stage)
         shards = layout.dp * layout.cp if layout.distributed_optimizer else 1
         per_param = state_bytes_per_param(run.precision, shards)

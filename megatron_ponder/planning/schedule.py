@@ -38,8 +38,14 @@ def bubble_fraction(pp: int, num_microbatches: int, num_passes: int) -> float:
     return (pp - 1) / (num_microbatches * num_passes + pp - 1)
 
 
-def schedule_order(pp: int, rank: int, num_microbatches: int, num_chunks: int) -> List[Tuple[str, int, int]]:
+def schedule_order(
+    pp: int, rank: int, num_microbatches: int, num_chunks: int, peak_only: bool = False
+) -> List[Tuple[str, int, int]]:
     """("F"|"B", microbatch, chunk) in the order rank ``rank`` runs them.
+
+    ``peak_only``: stop after two periods (2*pp*chunks) of the steady 1F1B phase. The table
+    repeats every pp microbatches, so the alive set does too, and cool-down only frees: the
+    truncated order has the same peak, at a cost independent of the number of microbatches.
 
     Interleaved (num_chunks > 1): Megatron's schedule table (groups of pp microbatches, every
     chunk in turn), (pp-rank-1)*2 + (chunks-1)*pp warm-up forwards, then 1F1B, then cool-down;
@@ -48,7 +54,7 @@ def schedule_order(pp: int, rank: int, num_microbatches: int, num_chunks: int) -
     total = num_microbatches * num_chunks
     if pp == 1:
         order = []
-        for microbatch in range(num_microbatches):
+        for microbatch in range(1 if peak_only else num_microbatches):  # microbatches alike
             order += [("F", microbatch, c) for c in range(num_chunks)]
             order += [("B", microbatch, c) for c in reversed(range(num_chunks))]
         return order
@@ -65,8 +71,11 @@ def schedule_order(pp: int, rank: int, num_microbatches: int, num_chunks: int) -
     forwards = [("F", mb, c) for mb, c in table]
     backwards = [("B", mb, num_chunks - 1 - c) for mb, c in table]
     order = forwards[:warmup]
-    for k in range(total - warmup):
+    steady = total - warmup
+    for k in range(min(steady, 2 * pp * num_chunks + pp) if peak_only else steady):
         order += [forwards[warmup + k], backwards[k]]
+    if peak_only and steady > 2 * pp * num_chunks + pp:
+        return order
     return order + backwards[total - warmup:]
 
 
