@@ -12,6 +12,7 @@ A layout fits when the most loaded GPU's total stays under ``usable_fraction`` o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Iterator, List, Optional
 
@@ -94,8 +95,21 @@ def candidate_layouts(run: RunSpec, cluster: Cluster, micro_batch_sizes=(1, 2)) 
 
 
 def search_layouts(run: RunSpec, cluster: Cluster, utilisation: float = None, top: int = 10) -> List[Plan]:
-    """Layouts that fit, fastest first (ties: less memory)."""
+    """Layouts that fit, fastest first.
+
+    Layouts within 0.5% of each other's speed count as ties (the model cannot tell them apart);
+    ties go to the simplest: least model parallelism (tp*pp*cp), no recompute, less memory.
+    """
     plans = [plan_layout(run, layout, cluster, utilisation) for layout in candidate_layouts(run, cluster)]
     fitting = [plan for plan in plans if plan.fits]
-    fitting.sort(key=lambda plan: (-plan.time.tokens_per_s, plan.memory.total))
+    if not fitting:
+        return []
+    fastest = max(plan.time.tokens_per_s for plan in fitting)
+
+    def rank(plan: Plan):
+        speed_class = round(math.log(fastest / plan.time.tokens_per_s) / math.log(1.005))
+        layout = plan.layout
+        return (speed_class, layout.tp * layout.pp * layout.cp, layout.recompute != "none", plan.memory.total)
+
+    fitting.sort(key=rank)
     return fitting[:top]
