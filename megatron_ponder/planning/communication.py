@@ -15,8 +15,8 @@ What is counted (Megatron-Core 0.16, this project's model and step):
   Embedding (every pass on the first stage under PP), output layer and vocab-parallel
   cross-entropy (3 fp32 all-reduces of [s, b]), ponder's vocab-parallel softmax (max, and the
   sum forward and backward) and the p @ E reduction; SP's norm/bias gradient all-reduce.
-* CP: K and V exchange per layer and pass (local spec: all-gather forward, reduce-scatter of
-  their gradients backward; TE ring attention: cp-1 sends of the local K, V forward, twice that
+* CP: K and V exchange per layer and pass (the project's local CP attention: all-gather
+  forward, all-reduce of their gradients backward; TE ring attention: cp-1 sends of the local K, V forward, twice that
   backward).
 * PP: p2p messages of T*L/cp (/tp under SP) slots, P passes per microbatch (see
   docs/pipeline.md): a rank sends P forward messages per microbatch (the last stage P-1) and
@@ -134,9 +134,11 @@ def _context_parallel(traffic: Traffic, run: RunSpec, layout: Layout, passes) ->
         if run.precision.kernels == "te":
             traffic.add("cp", "send", slots_local * kv, m * layers * (cp - 1) * (forwards + 2))
         else:
+            # parallel/context_parallel.py: all-gather K, V; backward all-reduces their gradients
+            # and keeps its slice (gloo has no reduce-scatter).
             gathered = slots_local * cp * kv
             traffic.add("cp", "all_gather", gathered, m * layers * forwards)
-            traffic.add("cp", "reduce_scatter", gathered, m * layers)
+            traffic.add("cp", "all_reduce", gathered, m * layers)
 
 
 def _pipeline(traffic: Traffic, run: RunSpec, layout: Layout, stage: int, passes) -> None:

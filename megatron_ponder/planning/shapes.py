@@ -111,10 +111,11 @@ class Precision:
     """Bytes per element of what a GPU keeps.
 
     ``name``: bf16 or fp8 (TE FP8 GEMMs; weights and activations otherwise bf16), or fp32 (CPU).
-    ``kernels``: ``local`` = Megatron's local spec as this project runs it on CPU (unfused: the
-    s x s attention probabilities are saved, norms save their normalised input); ``te`` =
-    Transformer Engine spec on GPU (flash attention saves q, k, v, output and the softmax
-    statistics, no s x s matrix; fused norm+linear).
+    ``kernels``: ``local`` = Megatron's local spec as this project runs it today (unfused: the
+    s x s attention probabilities are saved, norms save their normalised input; what the CPU
+    tests measure); ``te`` = Transformer Engine spec on GPU (flash attention saves q, k, v,
+    output and the softmax statistics, no s x s matrix; fused norm+linear), an assumption until
+    the project's TE spec lands.
     """
 
     name: str = "bf16"

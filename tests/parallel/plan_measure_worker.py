@@ -126,7 +126,7 @@ def _microbatches(dp_rank: int):
 
 
 def measure_layout(layout: dict) -> dict:
-    """Every case of ``layout`` (keys: style, tp, pp, sp, distributed_optimizer, cases)."""
+    """Every case of ``layout`` (keys: style, tp, pp, [cp], sp, distributed_optimizer, cases)."""
     from megatron.core import parallel_state
     from megatron.core.optimizer import OptimizerConfig
 
@@ -136,7 +136,8 @@ def measure_layout(layout: dict) -> dict:
     from saved_tensor_probe import SavedTensorPeak, parameter_bytes
     from tiny_models import tiny_model
 
-    initialize_parallel(tensor_model_parallel_size=layout["tp"], pipeline_model_parallel_size=layout["pp"])
+    initialize_parallel(tensor_model_parallel_size=layout["tp"], pipeline_model_parallel_size=layout["pp"],
+                        context_parallel_size=layout.get("cp", 1))
     GROUPS.clear()
     _map_groups()
     batches = _microbatches(parallel_state.get_data_parallel_rank())
@@ -145,7 +146,8 @@ def measure_layout(layout: dict) -> dict:
         mode, recompute = case.split(":")
         model = tiny_model(
             layout["style"], tensor_model_parallel_size=layout["tp"], pipeline_model_parallel_size=layout["pp"],
-            pipeline_dtype=torch.float32, sequence_parallel=layout["sp"], calculate_per_token_loss=True,
+            context_parallel_size=layout.get("cp", 1), pipeline_dtype=torch.float32,
+            sequence_parallel=layout["sp"], calculate_per_token_loss=True,
             **MODES[mode], **RECOMPUTE[recompute],
         )
         chunks, optimizer = wrap_and_build_optimizer(

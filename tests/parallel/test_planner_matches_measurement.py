@@ -1,10 +1,11 @@
 """The planner against real training steps on gloo: TP=2 (+SP and without), PP=2 (untied and
-tied embeddings) and DP=2 with the distributed optimizer, every mode, recompute none/selective/full.
+tied embeddings), CP=2 and DP=2 with the distributed optimizer, every mode, recompute
+none/selective/full.
 
 Per rank and case: predicted activation peak within 10% of the saved-tensor peak measured over
 the step (observed <= 3%), parameter bytes exact, and predicted collective payload bytes per
-parallelism and op equal to the bytes counted by wrapping torch.distributed (TP and PP within
-1%, observed exact; DP within 5%: Megatron pads the distributed optimizer's buckets).
+parallelism and op equal to the bytes counted by wrapping torch.distributed (TP, PP and CP
+within 1%, observed exact; DP within 5%: Megatron pads the distributed optimizer's buckets).
 One torchrun launch runs every layout (the worker re-initialises Megatron's groups).
 """
 
@@ -30,9 +31,10 @@ LAYOUTS = {
     "pp2_tied": dict(style="gpt2", tp=1, pp=2, sp=False, distributed_optimizer=False,
                      cases=["ponder:none", "latent1:selective"]),
     "dp2_distopt": dict(style="gpt2", tp=1, pp=1, sp=False, distributed_optimizer=True, cases=["latent1:none"]),
+    "cp2": dict(style="llama", tp=1, pp=1, cp=2, sp=False, distributed_optimizer=False, cases=["latent1:full"]),
 }
 SEQ_LENGTH, MICRO_BATCH, MICROBATCHES = 8, 2, 2  # as in the worker
-TOLERANCE = {"tp": 0.01, "pp": 0.01, "dp": 0.05}
+TOLERANCE = {"tp": 0.01, "pp": 0.01, "cp": 0.01, "dp": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,10 @@ def measured(tmp_path_factory):
 def _plan_inputs(name, case):
     spec = LAYOUTS[name]
     mode, recompute = case.split(":")
-    dp = 2 // (spec["tp"] * spec["pp"])
+    cp = spec.get("cp", 1)
+    dp = 2 // (spec["tp"] * spec["pp"] * cp)
     run = tiny_run(spec["style"], mode, SEQ_LENGTH, MICRO_BATCH * MICROBATCHES * dp)
-    layout = Layout(tp=spec["tp"], pp=spec["pp"], dp=dp, sequence_parallel=spec["sp"], recompute=recompute,
+    layout = Layout(tp=spec["tp"], pp=spec["pp"], cp=cp, dp=dp, sequence_parallel=spec["sp"], recompute=recompute,
                     distributed_optimizer=spec["distributed_optimizer"], micro_batch_size=MICRO_BATCH,
                     num_microbatches=MICROBATCHES)
     return run, layout
