@@ -71,13 +71,10 @@ def _model(args):
     missing = [f for f in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size") if getattr(args, f) is None]
     if missing:
         raise SystemExit(f"error: give --preset or all of {', '.join('--' + m.replace('_', '-') for m in missing)}")
-    llama = args.style == "llama"
-    return ModelShape(
-        num_layers=args.num_layers, hidden_size=args.hidden_size, num_attention_heads=args.num_attention_heads,
-        num_query_groups=args.num_query_groups, ffn_hidden_size=args.ffn_hidden_size, vocab_size=args.vocab_size,
-        gated_linear_unit=llama, normalization="RMSNorm" if llama else "LayerNorm",
-        position_embedding_type="rope" if llama else "learned_absolute", add_bias_linear=not llama,
-        tied_embeddings=not llama, max_position_embeddings=args.seq_length,
+    return ModelShape.from_style(
+        args.style, args.vocab_size, args.seq_length, num_layers=args.num_layers, hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
+        ffn_hidden_size=args.ffn_hidden_size,
     )
 
 

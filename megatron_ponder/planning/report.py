@@ -30,10 +30,10 @@ def describe_plan(plan: Plan, utilisation_note: str) -> str:
         f"  total                {_gib(mem.total)}   of {plan.memory_limit / GIB:.1f} GiB usable -> "
         + ("fits" if plan.fits else "DOES NOT FIT"),
         f"FLOPs per step         {t.flops:.3e} executed, {t.model_flops:.3e} model",
-        "communication per step (link time per rank, before overlap):",
+        "communication per step (bytes one rank sends, ring algorithms; link time before overlap):",
     ]
     for group, seconds in sorted(t.comm_s.items()):
-        lines.append(f"  {group:3s} {seconds * 1e3:10.1f} ms")
+        lines.append(f"  {group:3s} {t.comm_bytes[group] / GIB:10.2f} GiB {seconds * 1e3:10.1f} ms")
     lines += [
         f"pipeline bubble        {t.bubble:.1%}",
         f"step time              {t.step_s:.3f} s  (compute {t.compute_s:.3f} s at {utilisation_note})",

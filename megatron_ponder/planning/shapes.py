@@ -48,27 +48,32 @@ class ModelShape:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
-    def from_preset(cls, name: str, vocab_size: int = 50304, seq_length: Optional[int] = None) -> "ModelShape":
-        """A preset of :mod:`megatron_ponder.training.presets` with its architecture style."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    def from_style(cls, style: str, vocab_size: int, max_position_embeddings: int = 2048, **sizes) -> ModelShape:
+        """A shape of architecture ``style`` (llama / gpt2, :mod:`megatron_ponder.model.architectures`)."""
         from megatron_ponder.model.architectures import get_style
 
-        preset = dict(PRESETS[name])
-        style = get_style(preset.pop("architecture"))
-        max_positions = seq_length or preset.pop("seq_length", 2048)
-        preset.pop("seq_length", None)
-        fields = style.config_fields
+        chosen = get_style(style)
+        fields = chosen.config_fields
         return cls(
             vocab_size=vocab_size,
             gated_linear_unit=fields.get("gated_linear_unit", False),
             normalization=fields.get("normalization", "LayerNorm"),
-            position_embedding_type=style.position_embedding_type,
+            position_embedding_type=chosen.position_embedding_type,
             add_bias_linear=fields.get("add_bias_linear", True),
-            tied_embeddings=style.share_embeddings_and_output_weights,
-            max_position_embeddings=max_positions,
-            **preset,
+            tied_embeddings=chosen.share_embeddings_and_output_weights,
+            max_position_embeddings=max_position_embeddings,
+            **sizes,
         )
+
+    @classmethod
+    def from_preset(cls, name: str, vocab_size: int = 50304, seq_length: Optional[int] = None) -> ModelShape:
+        """A preset of :mod:`megatron_ponder.training.presets` with its architecture style."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        sizes = dict(PRESETS[name])
+        style = sizes.pop("architecture")
+        preset_length = sizes.pop("seq_length", 2048)
+        return cls.from_style(style, vocab_size, seq_length or preset_length, **sizes)
 
 
 @dataclass(frozen=True)

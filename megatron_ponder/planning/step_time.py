@@ -77,6 +77,7 @@ class StepTime:
     model_flops: float
     bubble: float
     compute_s: float
+    comm_bytes: dict  # per parallelism, bytes one rank sends per step (worst stage)
     comm_s: dict  # per parallelism, link time (before overlap)
     step_s: float
     tokens_per_s: float
@@ -101,13 +102,15 @@ def predict_step_time(run: RunSpec, layout: Layout, cluster: Cluster, utilisatio
         step = compute / (1 - bubble) + comm.get("tp", 0.0)
         step += max(0.0, comm.get("cp", 0.0) - compute) + max(0.0, comm.get("pp", 0.0) - compute)
         step += max(0.0, comm.get("dp", 0.0) - compute / layout.num_microbatches)
-        rows.append((flops, model_flops(run, rounds), bubble, compute, comm, step))
+        rows.append((flops, model_flops(run, rounds), bubble, compute, comm, step, wire))
     count = len(rows)
     mean = [sum(row[i] for row in rows) / count for i in (0, 1, 2, 3, 5)]
     comm_mean = {g: sum(row[4].get(g, 0.0) for row in rows) / count for g in rows[0][4]}
+    bytes_mean = {g: sum(row[6].get(g, 0.0) for row in rows) / count for g in rows[0][6]}
     flops, mflops, bubble, compute, step = mean
     tokens = run.global_batch_size * run.seq_length
     return StepTime(
-        flops=flops, model_flops=mflops, bubble=bubble, compute_s=compute, comm_s=comm_mean, step_s=step,
+        flops=flops, model_flops=mflops, bubble=bubble, compute_s=compute, comm_bytes=bytes_mean,
+        comm_s=comm_mean, step_s=step,
         tokens_per_s=tokens / step, mfu=mflops / (step * layout.world_size * peak),
     )
