@@ -57,6 +57,11 @@ def plan_layout(run: RunSpec, layout: Layout, cluster: Cluster, utilisation: flo
         raise ValueError(
             f"layout uses {layout.world_size} GPUs (tp*pp*cp*dp) but the cluster has {cluster.num_gpus}"
         )
+    if layout.pp > 1 and run.method.mode != "none" and layout.num_microbatches < layout.pp:
+        raise ValueError(
+            f"{layout.num_microbatches} microbatches for {layout.pp} pipeline stages: the looped pipeline "
+            "needs at least one microbatch per stage; raise the global batch or lower the micro batch"
+        )
     padded = run_for_layout(run, layout, vocab_divisible_by)
     return Plan(
         run=padded, layout=layout, memory=plan_memory(padded, layout),
