@@ -17,7 +17,6 @@ import sys
 import warnings
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-warnings.filterwarnings("ignore")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,4 +125,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    warnings.filterwarnings("ignore")  # Megatron's import-time notes about missing TE/Apex
     sys.exit(main())

@@ -1,7 +1,6 @@
 """The planner's pipeline replay is Megatron's schedule; bubble, FLOPs, traffic and the CLI."""
 
-import subprocess
-import sys
+import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -101,10 +100,19 @@ def test_search_returns_fitting_layouts_fastest_first():
     assert not alone.fits
 
 
-def test_cli_reports_a_plan_and_rejects_bad_layouts():
-    command = [sys.executable, str(REPO / "tools" / "plan_run.py"), "--preset", "pythia-1.4b", "--mode", "ponder",
-               "--gpus", "8", "--tp", "2", "--global-batch-size", "64", "--recompute", "selective"]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    assert "activations peak" in done.stdout and "tokens/s" in done.stdout and "fits" in done.stdout
-    bad = subprocess.run(command[:-4] + ["--tp", "3"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "multiple of tp*pp*cp" in bad.stderr
+def _plan_run_cli():
+    spec = importlib.util.spec_from_file_location("plan_run", REPO / "tools" / "plan_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_reports_a_plan_and_rejects_bad_layouts(capsys):
+    cli = _plan_run_cli()
+    args = ["--preset", "pythia-1.4b", "--mode", "ponder", "--gpus", "8", "--global-batch-size", "64",
+            "--recompute", "selective"]
+    assert cli.main(args + ["--tp", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "activations peak" in out and "tokens/s" in out and "fits" in out
+    with pytest.raises(SystemExit, match="multiple of tp\\*pp\\*cp"):
+        cli.main(args + ["--tp", "3"])
