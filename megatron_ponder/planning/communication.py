@@ -53,9 +53,6 @@ class Traffic:
             raise ValueError(f"unknown op {op!r}")
         self.payload[group][op] += nbytes * times
 
-    def total(self, group: str) -> float:
-        return sum(self.payload.get(group, {}).values())
-
 
 def wire_bytes(op: str, payload: float, group_size: int) -> float:
     """Bytes one rank sends for ``payload`` with ring algorithms on ``group_size`` ranks."""
@@ -101,11 +98,10 @@ def _tensor_parallel(traffic: Traffic, run: RunSpec, layout: Layout, stage: int,
                 traffic.add("tp", "reduce_scatter", x_tok, m)
             else:
                 traffic.add("tp", "all_reduce", x_tok, m)
-            rows = tokens * b * 4  # one fp32 per position
-            if spec.kind == "final":
-                traffic.add("tp", "all_reduce", rows, 3 * m)  # max, target logit, sum exp
-            else:
-                traffic.add("tp", "all_reduce", rows, 3 * m)  # max, sum forward, sum backward
+            # Three fp32 all-reduces of [L, b]: cross-entropy's max, target logit and sum of exp;
+            # ponder's softmax max, and its sum forward and backward.
+            traffic.add("tp", "all_reduce", tokens * b * 4, 3 * m)
+            if spec.kind == "ponder":  # p @ E summed over the vocabulary shards
                 mix = tokens * b * h * run.precision.param_bytes
                 if layout.sp:
                     traffic.add("tp", "reduce_scatter", mix, m)
