@@ -74,7 +74,6 @@ def _instrument():
 
         setattr(dist, name, counted)
     for name in ("batch_isend_irecv", "all_to_all", "all_to_all_single"):
-        original = getattr(dist, name)
 
         def refused(*args, __name=name, **kwargs):
             raise AssertionError(f"{__name} is not counted by this worker")
