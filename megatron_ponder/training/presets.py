@@ -28,4 +28,9 @@ PRESETS = {
     # LLaMA-style 1.4B (PonderLM-2's LLaMA runs): SwiGLU, RoPE, GQA.
     "llama-1.4b": dict(architecture="llama", num_layers=24, hidden_size=2048, num_attention_heads=16,
                        num_query_groups=16, ffn_hidden_size=5632, seq_length=2048),
+    # LLaMA(-2) 7B and 70B shapes for planning runs at scale (tools/plan_run.py).
+    "llama-7b": dict(architecture="llama", num_layers=32, hidden_size=4096, num_attention_heads=32,
+                     num_query_groups=32, ffn_hidden_size=11008, seq_length=2048),
+    "llama-70b": dict(architecture="llama", num_layers=80, hidden_size=8192, num_attention_heads=64,
+                      num_query_groups=8, ffn_hidden_size=28672, seq_length=2048),
 }
