@@ -36,6 +36,7 @@ def _flops_config(run: RunSpec, recompute: str) -> SimpleNamespace:
         recompute_granularity=None if recompute == "none" else recompute,
         ponder_mode=run.method.mode, ponder_steps=run.method.ponder_steps,
         num_latent_thoughts=run.method.num_latent_thoughts,
+        ponder_topk=None,  # the planner models dense mixing (memory and FLOPs); top-K is cheaper
     )
 
 
