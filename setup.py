@@ -25,6 +25,9 @@ setup(
     ],
     extras_require={
         "cpu": ["torch==2.13.0"],
-        "test": ["pytest>=8.0"],
+        # The reproduction report (benchmarks/reproduction_report.py) tests draw its loss-curve PNG.
+        "test": ["pytest>=8.0", "matplotlib==3.10.9"],
+        # Benchmark and reproduction plots (benchmarks/*.py write PNGs next to their tables).
+        "bench": ["matplotlib==3.10.9"],
     },
 )
