@@ -154,22 +154,23 @@ def plot_curves(runs: Sequence[RunResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (by_tokens, by_flops) = plt.subplots(1, 2, figsize=(11, 4.2))
+    lowest = float("inf")
     for index, run in enumerate(runs):
         color = f"C{index}"
         tokens = [run.tokens_at(r["iteration"]) / 1e6 for r in run.train]
         window = max(1, len(run.train) // 40)
-        by_tokens.plot(tokens, _moving_average([r["loss"] for r in run.train], window), color=color, alpha=0.6,
-                       linewidth=1, label=f"{run.name} train")
+        smoothed = _moving_average([r["loss"] for r in run.train], window)
+        lowest = min(lowest, *smoothed, *(r["loss"] for r in run.valid))
+        by_tokens.plot(tokens, smoothed, color=color, alpha=0.6, linewidth=1, label=f"{run.name} train")
         valid_tokens = [run.tokens_at(r["iteration"]) / 1e6 for r in run.valid]
         valid_loss = [r["loss"] for r in run.valid]
         by_tokens.plot(valid_tokens, valid_loss, "o--", color=color, markersize=4, label=f"{run.name} valid")
         trained = [r for r in run.valid if r["iteration"] > 0]  # log axis: no point at zero FLOPs
         by_flops.plot([run.flops_at(r["iteration"]) for r in trained], [r["loss"] for r in trained], "o-",
                       color=color, markersize=4, label=run.name)
-    floor = min(min(r["loss"] for r in run.valid) for run in runs)
     for axes in (by_tokens, by_flops):
         axes.set_ylabel("loss (nats / token)")
-        axes.set_ylim(floor - 0.3, floor + 3.0)
+        axes.set_ylim(lowest - 0.2, lowest + 3.0)  # the start (~ln V) would flatten the part that differs
         axes.grid(alpha=0.3)
     by_tokens.set_xlabel("training tokens (millions)")
     by_tokens.set_title("equal tokens")
