@@ -15,7 +15,7 @@ and writes the validation table and the loss-curve PNG.
     python benchmarks/reproduce_papers.py --train-iters 4 --eval-interval 2 --eval-iters 1 \\
         --out /tmp/repro --doc /tmp/repro/report.md         # smoke-size
 
-A run whose metrics file already ends with its final evaluation is not run again.
+A run whose folder holds a finished run of the same command is not run again.
 """
 
 from __future__ import annotations
@@ -93,8 +93,10 @@ def _without_data(flags: List[str]) -> List[str]:
     return out
 
 
-def finished(metrics: Path, train_iters: int) -> bool:
-    if not metrics.exists():
+def finished(folder: Path, command: str, train_iters: int) -> bool:
+    """The run in ``folder`` was made by this same command and reached its final evaluation."""
+    metrics, info = folder / "metrics.jsonl", folder / "run.json"
+    if not metrics.exists() or not info.exists() or json.loads(info.read_text())["command"] != command:
         return False
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     return any(r["kind"] == "valid" and r["iteration"] == train_iters for r in records)
@@ -111,13 +113,14 @@ def run_all(args) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         metrics = folder / "metrics.jsonl"
         flags = common_flags(args, data_dir) + extra
-        if finished(metrics, args.train_iters):
+        shown = " ".join(["python", "-m", "megatron_ponder.pretrain", *flags])
+        if finished(folder, shown, args.train_iters):
             print(f"{run}: already finished ({metrics})", flush=True)
             continue
         metrics.unlink(missing_ok=True)
+        (folder / "run.json").unlink(missing_ok=True)
         command = [sys.executable, "-m", "megatron_ponder.pretrain", *flags, "--metrics-file", str(metrics)]
-        record = dict(run=run, command=" ".join(["python", "-m", "megatron_ponder.pretrain", *flags]),
-                      **parameter_counts(flags))
+        record = dict(run=run, command=shown, **parameter_counts(flags))
         print(f"{run}: {record['parameters']:,} parameters; log {folder / 'log.txt'}", flush=True)
         started = time.time()
         with open(folder / "log.txt", "w") as log:
