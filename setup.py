@@ -2,6 +2,9 @@
 
 from setuptools import find_packages, setup
 
+DALI = ["nvidia-dali-cuda130==2.4.0"]
+BENCH = ["matplotlib==3.10.9"]
+
 setup(
     name="megatron_ponder",
     version="0.1.0",
@@ -27,12 +30,15 @@ setup(
         "cpu": ["torch==2.13.0"],
         # --dataloader-type dali. The CUDA 13 wheel is the smaller one (~200 MB, pulls no CUDA
         # torch) and also runs the CPU-only pipelines used without a GPU.
-        "dali": ["nvidia-dali-cuda130==2.4.0"],
-        # DALI too, so the suite runs the DALI loader tests (they run on CPU).
-        "test": ["pytest>=8.0", "nvidia-dali-cuda130==2.4.0"],
+        "dali": DALI,
         # GPU: Transformer Engine layers and FP8 (docs/gpu.md). megatron-core 0.16.1 supports
         # TE 2.9 - 2.11; transformer-engine-torch builds from source against the installed CUDA
         # torch, so install with --no-build-isolation (or use an NGC PyTorch container, which has it).
         "gpu": ["transformer-engine[pytorch]>=2.9,<2.12"],
+        # Benchmark and reproduction plots (benchmarks/*.py write PNGs next to their tables).
+        "bench": BENCH,
+        # The suite runs every CPU-runnable feature: the DALI loader tests (CPU pipelines) and the
+        # reproduction report test (draws its loss-curve PNG).
+        "test": ["pytest>=8.0", *DALI, *BENCH],
     },
 )

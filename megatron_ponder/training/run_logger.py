@@ -50,7 +50,8 @@ class RunLogger:
         if not result.skipped:
             self.window_loss += result.loss
         self._write_metrics(kind="train", iteration=iteration, loss=result.loss, grad_norm=result.grad_norm,
-                            lr=learning_rate, skipped=result.skipped, consumed_samples=consumed)
+                            lr=learning_rate, skipped=result.skipped, consumed_samples=consumed,
+                            step_seconds=seconds, flops=flops)
         if self.tensorboard:
             self.tensorboard.add_scalar("train/loss", result.loss, iteration)
             self.tensorboard.add_scalar("train/learning_rate", learning_rate, iteration)

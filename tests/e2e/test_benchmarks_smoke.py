@@ -1,0 +1,53 @@
+"""The benchmark scripts run end to end on a tiny model and print well-formed tables."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def table(report: str, header_start: str):
+    """Rows of the markdown table whose header line starts with ``header_start``, as lists of cells."""
+    lines = report.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    header = [cell.strip() for cell in lines[start].strip("|").split("|")]
+    assert set(lines[start + 1].replace("|", "")) == {"-"}
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert len(cells) == len(header), line
+        rows.append(dict(zip(header, cells)))
+    return rows
+
+
+@pytest.mark.slow
+def test_mode_cost_benchmark_tiny(tmp_path):
+    output = tmp_path / "mode_cost.md"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    printed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "mode_cost.py"), "--tiny", "--repeats", "1",
+         "--modes", "none,ponder S=2,latent N=1 J=1", "--recomputes", "off,full", "--output", str(output)],
+        env=env, cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout
+    report = output.read_text()
+    assert report.strip() in printed
+    times = table(report, "| mode | recompute | GFLOP/step")
+    assert [(r["mode"], r["recompute"]) for r in times] == [
+        ("none", "off"), ("ponder S=2", "off"), ("latent N=1 J=1", "off"), ("none", "full")]
+    flop_ratio = {(r["mode"], r["recompute"]): float(r["FLOP model x"]) for r in times}
+    assert flop_ratio[("none", "off")] == 1.0
+    # the FLOP model counts every pass: S=2 pays 3 passes, latent N=1 J=1 one L pass + two 2L passes
+    assert 3.0 < flop_ratio[("ponder S=2", "off")] < 4.0
+    assert 4.0 < flop_ratio[("latent N=1 J=1", "off")] < 6.0
+    assert flop_ratio[("none", "full")] > 1.0  # recompute adds a forward of the layers
+    assert all(float(r["CPU ms"]) > 0 and float(r["wall ms"]) > 0 for r in times)
+    memory = table(report, "| mode | recompute off MiB")
+    assert [r["mode"] for r in memory] == ["none"]  # the only memory mode among those asked for
+    assert float(memory[0]["recompute off MiB"]) > 0 and float(memory[0]["recompute full MiB"]) > 0
+    assert memory[0]["recompute selective MiB"] == "-"
