@@ -62,7 +62,8 @@ def _prepare_data(args):
     return train, valid
 
 
-def _model_config(args):
+def model_config(args):
+    """The PonderConfig the run's flags describe (also used by the HF converters)."""
     from megatron_ponder.model.architectures import make_ponder_config, tanh_gelu
 
     recompute = {}
@@ -107,18 +108,24 @@ def _model_config(args):
     )
 
 
+def build_model(args, config):
+    """This rank's PonderGPTModel stage for the run's flags (also used by the HF converters)."""
+    from megatron_ponder.model.architectures import build_ponder_gpt
+
+    return build_ponder_gpt(config, args.architecture, args.vocab_size, args.max_position_embeddings,
+                            share_embeddings_and_output_weights=args.tie_embeddings,
+                            rotary_percent=args.rotary_percent, rotary_base=args.rotary_base)
+
+
 def _build_training_state(args, config):
     from megatron.core.optimizer import OptimizerConfig
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.transformer.module import Float16Module
 
-    from megatron_ponder.model.architectures import build_ponder_gpt
     from megatron_ponder.training.optimizer import wrap_and_build_optimizer
 
     torch.manual_seed(args.seed)  # identical CPU init on every rank: shards are slices of one model
-    model = build_ponder_gpt(config, args.architecture, args.vocab_size, args.max_position_embeddings,
-                             share_embeddings_and_output_weights=args.tie_embeddings,
-                             rotary_percent=args.rotary_percent, rotary_base=args.rotary_base)
+    model = build_model(args, config)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     wrapped = Float16Module(config, model) if args.bf16 else model
@@ -169,7 +176,7 @@ def train(args) -> dict:
     from megatron_ponder.training.step import train_step
 
     train_set, valid_set = _prepare_data(args)
-    config = _model_config(args)
+    config = model_config(args)
     model, chunks, optimizer, scheduler = _build_training_state(args, config)
 
     start_iteration, consumed = 0, 0
