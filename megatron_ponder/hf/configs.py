@@ -143,6 +143,9 @@ def megatron_flags_from_hf_config(
         vocab_size=int(math.ceil(config.vocab_size / multiple) * multiple),
         make_vocab_size_divisible_by=make_vocab_size_divisible_by,
         tie_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        # A pretrained model's embeddings have their own scale; latent mode's default (1/std,
+        # for Megatron-initialised tables) would multiply them by ~50.
+        input_embedding_scale=1.0,
     )
     if style == "llama":
         if config.attention_bias or getattr(config, "mlp_bias", False):

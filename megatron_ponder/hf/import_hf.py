@@ -33,8 +33,11 @@ def load_hf_model(source: str, gguf_file: Optional[str] = None):
     transformers = require("transformers")
     if gguf_file is not None:
         require("gguf")
+    from megatron_ponder.runtime.cpu import torch_factories_unpatched
+
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    return transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs).eval()
+    with torch_factories_unpatched():  # HF's buffer initialisation needs torch's own factories
+        return transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs).eval()
 
 
 def import_hf_model(
@@ -45,8 +48,9 @@ def import_hf_model(
     make_vocab_size_divisible_by: int = 128,
     tokenizer=None,
 ) -> List[str]:
-    """Save ``hf_model`` as a Megatron checkpoint in ``save_dir``; returns the model flags that
-    ``python -m megatron_ponder.pretrain`` needs to build it (``--load save_dir --no-load-optim``).
+    """Save ``hf_model`` as a Megatron checkpoint in ``save_dir``; returns the model (and
+    tokenizer) flags that ``python -m megatron_ponder.pretrain`` needs to build it
+    (``--load save_dir --no-load-optim``).
 
     Needs torch.distributed and Megatron's parallel state as a world of one (initialised here
     when absent).
@@ -90,6 +94,8 @@ def import_hf_model(
                 param.copy_(weights[name])
     run_args = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))}
     save_weights_checkpoint(save_dir, model, run_args)
+    if tokenizer is not None:
+        model_argv += ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", args.tokenizer_model]
     return model_argv
 
 
