@@ -69,7 +69,9 @@ def import_hf_model(
     layout = ["--tensor-model-parallel-size", str(tensor_model_parallel_size),
               "--pipeline-model-parallel-size", str(pipeline_model_parallel_size)]
     # The target layout's divisibility rules (heads by TP, layers by PP) are the entry point's.
-    target = parse_args(model_argv + layout + ["--mock-data", "--ponder-mode", "none", "--seq-length", "8"])
+    target = parse_args(model_argv + layout + ["--mock-data", "--ponder-mode", "none", "--seq-length", "8",
+                                               "--micro-batch-size", "1",
+                                               "--global-batch-size", str(pipeline_model_parallel_size)])
     validate_args(target, tensor_model_parallel_size * pipeline_model_parallel_size)
 
     args = parse_args(model_argv + ["--mock-data", "--ponder-mode", "none"])

@@ -6,6 +6,7 @@ exported model gives the original's logits (and the Megatron model's, loaded in 
 
 from __future__ import annotations
 
+import pytest
 import torch
 import transformers
 
@@ -18,6 +19,7 @@ from torchrun import run_torchrun
 VOCAB = 128  # the entry point's mock data uses the whole (unpadded) table as its vocabulary
 
 
+@pytest.mark.slow
 def test_tp2_pp2_checkpoint_exports_the_original_model(megatron_world_of_one, tmp_path):
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
