@@ -1,4 +1,5 @@
-"""Hugging Face interop: weight maps, export (Megatron -> HF folder), import (HF/GGUF -> Megatron).
+"""Hugging Face interop: weight maps, export (Megatron -> HF folder), import (HF/GGUF -> Megatron),
+and the modeling code of exported ponder/latent models (``remote_code``).
 
 transformers, safetensors and gguf are optional: install them with ``pip install -e ".[hf]"``.
 """
