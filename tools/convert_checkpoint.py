@@ -54,7 +54,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_ponder.hf.configs import ConversionError
     from megatron_ponder.hf.export import ExportError
     from megatron_ponder.hf.weight_mapping import WeightMappingError
-    from megatron_ponder.runtime.parallel_init import initialize_parallel, shutdown_parallel
+    from megatron_ponder.runtime.parallel_init import (
+        initialize_parallel,
+        shutdown_parallel,
+    )
     from megatron_ponder.training.arguments import ArgumentError
     from megatron_ponder.training.checkpointing import CheckpointError
 

@@ -18,9 +18,7 @@ reshards on load: its tensors are stored as global shards), mapped to stock HF w
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -29,13 +27,6 @@ import torch
 from megatron_ponder.hf import require
 from megatron_ponder.hf.configs import hf_config_from_args, model_shape
 from megatron_ponder.hf.weight_mapping import megatron_to_hf
-
-REMOTE_CODE_DIR = Path(__file__).parent / "remote_code"
-REMOTE_CODE_FILES = ("configuration_ponder_lm.py", "modeling_ponder_lm.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_ponder_lm.PonderLMConfig",
-    "AutoModelForCausalLM": "modeling_ponder_lm.PonderLMForCausalLM",
-}
 
 
 class ExportError(RuntimeError):
@@ -114,44 +105,31 @@ def _stock_model(args: argparse.Namespace, megatron_state) -> torch.nn.Module:
     return hf_model.eval()
 
 
-def ponder_config_dict(args: argparse.Namespace, megatron_config, stock_config) -> dict:
-    """config.json of a ponder/latent export (the interface of the remote code)."""
+def ponder_config_fields(megatron_config, stock_config) -> dict:
+    """The method's fields of a ponder/latent export's config.json (the remote code's interface)."""
     return {
-        "model_type": "ponder_lm",
-        "architectures": ["PonderLMForCausalLM"],
-        "auto_map": AUTO_MAP,
-        "backbone_config": stock_config.to_dict(),
         "ponder_mode": megatron_config.ponder_mode,
         "ponder_steps": megatron_config.ponder_steps,
         "ponder_accumulate": bool(megatron_config.ponder_accumulate),
         "num_latent_thoughts": megatron_config.num_latent_thoughts,
         "jacobi_eval_rounds": megatron_config.jacobi_eval_rounds,
         "input_embedding_scale": float(megatron_config.input_embedding_scale),
-        # The exported table holds only real tokens (padding rows are dropped), so all mix.
+        # The exported table holds only real tokens (padding rows are dropped), so all rows mix.
         "ponder_vocab_size": stock_config.vocab_size,
-        "tie_word_embeddings": bool(stock_config.tie_word_embeddings),
-        "dtype": "float32",
     }
 
 
-def _write_ponder_folder(out: Path, args, megatron_config, hf_model) -> None:
-    safetensors_torch = require("safetensors.torch")
-    missing = [name for name in REMOTE_CODE_FILES if not (REMOTE_CODE_DIR / name).is_file()]
-    if missing:
-        raise ExportError(
-            f"remote code {missing} not found in {REMOTE_CODE_DIR}: this megatron_ponder cannot export "
-            f"ponder_mode={megatron_config.ponder_mode!r} models"
-        )
-    for name in REMOTE_CODE_FILES:
-        shutil.copy(REMOTE_CODE_DIR / name, out / name)
-    # Every stock name, a tied output weight included, each its own copy (safetensors refuses
-    # shared storage): the folder loads whether or not the wrapper re-ties the backbone.
-    weights = {f"backbone.{name}": tensor.detach().contiguous().clone()
-               for name, tensor in hf_model.state_dict().items()}
-    safetensors_torch.save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
-    with open(out / "config.json", "w") as handle:
-        json.dump(ponder_config_dict(args, megatron_config, hf_model.config), handle, indent=2, sort_keys=True)
-    hf_model.generation_config.save_pretrained(str(out))
+def _write_ponder_folder(out: Path, megatron_config, hf_model) -> None:
+    """PonderLMForCausalLM around ``hf_model``'s weights, saved with its remote code."""
+    from megatron_ponder.hf.remote_code import load_classes, save_ponder_lm
+
+    config_class, model_class = load_classes()
+    config = config_class(backbone_config=hf_model.config.to_dict(),
+                          **ponder_config_fields(megatron_config, hf_model.config))
+    ponder_model = model_class(config)
+    ponder_model.backbone.load_state_dict(hf_model.state_dict())
+    ponder_model.tie_weights()
+    save_ponder_lm(ponder_model, str(out))
 
 
 def _write_tokenizer(out: Path, args) -> bool:
@@ -175,9 +153,9 @@ def _write_tokenizer(out: Path, args) -> bool:
 
 def export_checkpoint(load_dir: str, out_dir: str, iteration: Optional[int] = None) -> Path:
     """Write the HF folder of the checkpoint in ``load_dir`` to ``out_dir``; returns the folder."""
-    from megatron_ponder.runtime.parallel_init import initialize_parallel
-
     import torch.distributed as dist
+
+    from megatron_ponder.runtime.parallel_init import initialize_parallel
 
     if not dist.is_initialized():
         initialize_parallel()
@@ -188,6 +166,6 @@ def export_checkpoint(load_dir: str, out_dir: str, iteration: Optional[int] = No
     if model.config.ponder_mode == "none":
         hf_model.save_pretrained(str(out))
     else:
-        _write_ponder_folder(out, args, model.config, hf_model)
+        _write_ponder_folder(out, model.config, hf_model)
     _write_tokenizer(out, args)
     return out

@@ -22,7 +22,11 @@ from typing import List, Optional
 import torch
 
 from megatron_ponder.hf import require
-from megatron_ponder.hf.configs import flags_to_argv, megatron_flags_from_hf_config, model_shape
+from megatron_ponder.hf.configs import (
+    flags_to_argv,
+    megatron_flags_from_hf_config,
+    model_shape,
+)
 from megatron_ponder.hf.weight_mapping import hf_to_megatron
 
 TOKENIZER_SUBDIR = "tokenizer"

@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from tiny_models import relative_error
+from torchrun import run_torchrun
 
 from megatron_ponder.hf.export import export_checkpoint, load_single_process_model
 from megatron_ponder.hf.import_hf import import_hf_model
 from megatron_ponder.runtime.cpu import torch_factories_unpatched
-from tiny_models import relative_error
-from torchrun import run_torchrun
 
 VOCAB = 128  # the entry point's mock data uses the whole (unpadded) table as its vocabulary
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import relative_error
+from torchrun import run_torchrun
 
 from megatron_ponder.hf.export import load_single_process_model
 from megatron_ponder.hf.import_hf import import_hf_model, load_hf_model
-from tiny_models import relative_error
-from torchrun import run_torchrun
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is"

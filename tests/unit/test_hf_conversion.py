@@ -5,7 +5,10 @@
    rel. 1e-4), LLaMA (GQA, untied), GPT-2 (tied, learned positions) and GPT-NeoX (parallel
    residual, partial RoPE). The vocabulary is padded on the Megatron side (100 -> 128 rows):
    HF logits equal Megatron's first 100.
-2. Import -> export round trip of tiny random stock HF models: every weight bit-identical, and
+2. Export of ponder and latent models: the folder (remote code, ``trust_remote_code=True``)
+   gives the Megatron PonderGPTModel's logits (eval mode: latent with its eval Jacobi rounds),
+   in all three architectures.
+3. Import -> export round trip of tiny random stock HF models: every weight bit-identical, and
    the imported Megatron model gives the HF logits.
 
 Run: OMP_NUM_THREADS=1 python -m pytest tests/unit/test_hf_conversion.py
@@ -18,6 +21,7 @@ import json
 import pytest
 import torch
 import transformers
+from tiny_models import relative_error
 
 from megatron_ponder.hf.configs import ConversionError, megatron_flags_from_hf_config
 from megatron_ponder.hf.export import export_checkpoint, load_single_process_model
@@ -26,7 +30,6 @@ from megatron_ponder.pretrain import build_model, model_config
 from megatron_ponder.runtime.cpu import torch_factories_unpatched
 from megatron_ponder.training.arguments import parse_args
 from megatron_ponder.training.checkpointing import save_weights_checkpoint
-from tiny_models import relative_error
 
 VOCAB, BATCH, LENGTH = 100, 2, 12
 SHAPES = {
@@ -96,6 +99,29 @@ def test_export_mode_none_gives_megatron_logits(megatron_world_of_one, tmp_path,
         hf_logits = hf_model(tokens).logits  # [b, L, 100]
     assert megatron_logits.shape[-1] == 128 and hf_logits.shape[-1] == VOCAB
     assert relative_error(hf_logits, megatron_logits[..., :VOCAB]) < 1e-4
+
+
+@pytest.mark.parametrize("style", ["llama", "gpt2", "neox"])
+@pytest.mark.parametrize("mode", ["ponder", "latent"])
+def test_export_ponder_and_latent_give_megatron_logits(megatron_world_of_one, tmp_path, style, mode):
+    extra = dict(ponder_steps=2) if mode == "ponder" else dict(num_latent_thoughts=2, jacobi_eval_iters=2)
+    model = tiny_megatron_checkpoint(style, tmp_path / "megatron", ponder_mode=mode, **extra)
+    out = export_checkpoint(str(tmp_path / "megatron"), str(tmp_path / "hf"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "ponder_lm" and config["ponder_mode"] == mode
+    assert config["backbone_config"]["model_type"] == {"llama": "llama", "gpt2": "gpt2", "neox": "gpt_neox"}[style]
+    with torch_factories_unpatched():
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(out), trust_remote_code=True, dtype=torch.float32).eval()
+    assert type(hf_model).__name__ == "PonderLMForCausalLM"
+    tokens, positions = _tokens()
+    with torch.no_grad():
+        megatron_logits = model(tokens, positions, None)[..., :VOCAB]
+        hf_logits = hf_model(tokens).logits
+        vanilla_logits = hf_model.backbone(tokens).logits
+    assert relative_error(hf_logits, megatron_logits) < 1e-4
+    # The extra passes must matter, or a wrong mixture / thought layout could pass unnoticed.
+    assert relative_error(vanilla_logits, megatron_logits) > 1e-2
 
 
 @pytest.mark.parametrize("style", ["llama", "gpt2", "neox"])
