@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+HF = ["transformers==5.23.0", "safetensors==0.8.0", "gguf==0.19.0", "accelerate==1.15.0"]
+
 setup(
     name="megatron_ponder",
     version="0.1.0",
@@ -25,6 +27,11 @@ setup(
     ],
     extras_require={
         "cpu": ["torch==2.13.0"],
-        "test": ["pytest>=8.0"],
+        # Hugging Face export/import (megatron_ponder.hf, tools/convert_checkpoint.py): stock HF
+        # model classes and safetensors files; gguf + accelerate let transformers load (and
+        # dequantise) GGUF checkpoints. Pinned to the versions the conversion tests ran with.
+        "hf": HF,
+        # The tests convert tiny HF models, so they need the hf extra too.
+        "test": ["pytest>=8.0", *HF],
     },
 )

@@ -4,7 +4,10 @@
   torch norm that also works under sequence parallelism and, when context parallelism is on, a
   core attention that implements it (CPU runs, tests, laptops).
 
-The Transformer Engine spec (GPU) and the GPT-NeoX parallel-residual spec plug in here too.
+  With ``parallel_residual=True`` the layer is GPT-NeoX's (``x + attn(ln1 x) + mlp(ln2 x)``,
+  :mod:`megatron_ponder.model.parallel_residual`), same modules and weights.
+
+The Transformer Engine spec (GPU) plugs in here too.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_ponder.model.parallel_residual import ParallelResidualTransformerLayer
 from megatron_ponder.parallel.context_parallel import ContextParallelLocalAttention
 
 
@@ -63,19 +67,22 @@ class SequenceParallelTorchNorm:
 
 
 def get_local_block_spec(
-    config: TransformerConfig, vp_stage: Optional[int] = None
+    config: TransformerConfig, vp_stage: Optional[int] = None, parallel_residual: bool = False
 ) -> TransformerBlockSubmodules:
     """Megatron's local GPT layer spec for ``config`` with SP-capable norms, as a block spec.
 
     Args:
         config: the model config (normalization, qk_layernorm and pipeline layout are read).
         vp_stage: virtual pipeline stage, for the number of layers this stage builds.
+        parallel_residual: GPT-NeoX layers (attention and MLP both read the layer input).
     """
     layer_spec = copy.deepcopy(
         get_gpt_layer_local_spec(
             normalization=config.normalization, qk_layernorm=config.qk_layernorm
         )
     )
+    if parallel_residual:
+        layer_spec.module = ParallelResidualTransformerLayer
     layer = layer_spec.submodules
     layer.input_layernorm = SequenceParallelTorchNorm
     layer.pre_mlp_layernorm = SequenceParallelTorchNorm
