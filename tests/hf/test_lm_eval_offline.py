@@ -42,11 +42,13 @@ def test_lm_eval_scores_exported_latent_model_offline(tmp_path):
     export.mkdir()
     vocab = save_tiny_tokenizer(export)
     padded_vocab = 320  # Megatron-style vocabulary padding: rows past ponder_vocab_size are never mixed
-    model = tiny_ponder_lm("llama", "latent", vocab_size=padded_vocab, num_latent_thoughts=2,
-                           ponder_vocab_size=vocab)
+    # lm-eval reads max_position_embeddings as the context limit: room for whole PIQA answers
+    model = tiny_ponder_lm("llama", "latent", vocab_size=padded_vocab, max_positions=1024,
+                           num_latent_thoughts=2, ponder_vocab_size=vocab)
     save_ponder_lm(model, export)
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["OMP_NUM_THREADS"] = "1"  # a tiny model: thread sync would dominate
     completed = subprocess.run(
         ["bash", str(REPO / "examples/lm_eval/run_offline_eval.sh"), str(export),
          "arc_easy_offline,piqa_offline", "--limit", "2", "--output_path", str(tmp_path / "results")],
