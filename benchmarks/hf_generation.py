@@ -110,8 +110,9 @@ def main():
         "Uncached latent decoding re-runs the scoring forward with J = N*L Jacobi rounds at every",
         "step (the exact equivalent of the cached, sequential decoder), so its cost per token grows",
         "like L^2 passes; cached latent decoding costs N+1 single-slot steps per token and cached",
-        "ponder decoding S+1 single-token steps. Timings from a shared machine: compare the columns,",
-        "not absolute values.",
+        "ponder decoding S+1 single-token steps. At these short lengths per-call overhead dominates",
+        "(hence the small gain for the stock model); the gap widens with the sequence length. Timings from a",
+        "shared machine (other jobs running): compare the columns, not absolute values.",
         "",
     ])
     args.output.parent.mkdir(parents=True, exist_ok=True)
