@@ -160,8 +160,9 @@ class PonderLMForCausalLM(PreTrainedModel):
                 mean next-token cross-entropy as ``loss``.
             num_jacobi_rounds: latent mode: J for this call (default ``config.jacobi_eval_rounds``).
         """
-        unsupported = [k for k, v in kwargs.items() if v not in (None, False)
-                       and k not in ("use_cache", "output_attentions", "output_hidden_states")]
+        # Flags HF callers pass by habit; this forward returns logits (and loss) only.
+        harmless = ("use_cache", "output_attentions", "output_hidden_states")
+        unsupported = [k for k, v in kwargs.items() if v is not None and v is not False and k not in harmless]
         if unsupported:
             raise ValueError(f"PonderLMForCausalLM.forward does not take {', '.join(unsupported)}")
         attention_mask, position_ids = self._mask_and_positions(input_ids, attention_mask, position_ids)
@@ -260,6 +261,7 @@ class PonderLMForCausalLM(PreTrainedModel):
             max_new_tokens / max_length: how many tokens to add / total length cap.
             do_sample, temperature, top_k, top_p: sampling (torch's global RNG: seed it).
             eos_token_id: int or list; a row that emitted it gets ``pad_token_id`` afterwards.
+                Default None: no early stop (pass ``tokenizer.eos_token_id`` to stop at EOS).
             stopping_criteria: callables ``(input_ids, scores) -> bool | BoolTensor[b]``.
         """
         for name, value in kwargs.items():
