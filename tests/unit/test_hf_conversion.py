@@ -149,6 +149,14 @@ def test_import_then_export_is_bit_exact(megatron_world_of_one, tmp_path, style)
         assert torch.equal(tensor, round_trip[name]), name
 
 
+def test_a_folder_without_a_model_is_refused(tmp_path):
+    from megatron_ponder.hf.import_hf import load_hf_model
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConversionError, match=f"cannot load a Hugging Face model from {tmp_path}"):
+        load_hf_model(str(tmp_path))
+
+
 def test_unsupported_hf_models_are_refused():
     with pytest.raises(ConversionError, match="attention_bias"):
         megatron_flags_from_hf_config(transformers.LlamaConfig(attention_bias=True))
