@@ -29,6 +29,7 @@ def tiny_backbone_config(arch: str, vocab_size: int = VOCAB):
         return transformers.GPT2Config(
             vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=MAX_POSITIONS,
             activation_function="gelu", layer_norm_epsilon=1e-5,
+            bos_token_id=vocab_size - 1, eos_token_id=vocab_size - 1,
         )
     if arch == "gpt_neox":
         return transformers.GPTNeoXConfig(
@@ -52,7 +53,7 @@ def randomize_(model: torch.nn.Module, seed: int, std: float = 0.3) -> None:
 def tiny_ponder_lm(arch: str, mode: str, seed: int = 0, vocab_size: int = VOCAB, **fields):
     """A random PonderLMForCausalLM (eval mode) on a tiny ``arch`` backbone."""
     config_class, model_class = load_classes()
-    defaults = dict(ponder_steps=2, num_latent_thoughts=1, jacobi_eval_rounds=2, input_embedding_scale=2.0)
+    defaults = {"ponder_steps": 2, "num_latent_thoughts": 1, "jacobi_eval_rounds": 2, "input_embedding_scale": 2.0}
     config = config_class(
         backbone_config=tiny_backbone_config(arch, vocab_size).to_dict(),
         ponder_mode=mode,
