@@ -183,7 +183,8 @@ def test_export_writes_the_runs_tokenizer(megatron_world_of_one, tmp_path):
     text = "def main(): return 42"
     assert exported(text)["input_ids"] == tokenizer.tokenize(text)
     assert exported.eos_token_id == tokenizer.eod
-    assert json.loads((out / "config.json").read_text())["vocab_size"] == tokenizer.vocab_size
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == tokenizer.vocab_size and config["eos_token_id"] == tokenizer.eod
 
 
 def test_weights_only_checkpoint_needs_no_load_optim(megatron_world_of_one, tmp_path):
