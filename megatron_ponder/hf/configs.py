@@ -91,14 +91,12 @@ def hf_config_from_args(args: argparse.Namespace):
             **common,
         )
     if style == "neox":
-        if getattr(args, "openai_gelu", False):
-            raise ConversionError("GPT-NeoX export with --openai-gelu: GPTNeoXConfig uses the exact GeLU here")
         return transformers.GPTNeoXConfig(
             hidden_size=args.hidden_size,
             num_hidden_layers=args.num_layers,
             num_attention_heads=args.num_attention_heads,
             intermediate_size=args.ffn_hidden_size,
-            hidden_act="gelu",
+            hidden_act="gelu_new" if getattr(args, "openai_gelu", False) else "gelu",
             max_position_embeddings=args.max_position_embeddings,
             layer_norm_eps=eps,
             rope_parameters={"rope_type": "default", "rope_theta": theta,
@@ -112,12 +110,19 @@ def hf_config_from_args(args: argparse.Namespace):
 
 
 # ---------------------------------------------------------------------------- HF -> Megatron
+_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # both are --openai-gelu (tanh-approximated GeLU)
+
+
 def _rope(config) -> Dict[str, Any]:
+    """The config's RoPE parameters; refuses scaled RoPE and a theta --rotary-base cannot hold."""
     rope = dict(getattr(config, "rope_parameters", None) or {})
     if rope.get("rope_type", "default") != "default":
         raise ConversionError(
             f"RoPE scaling {rope.get('rope_type')!r} has no Megatron counterpart here: only plain RoPE converts"
         )
+    theta = rope.setdefault("rope_theta", 10000.0)
+    if float(theta) != int(theta):
+        raise ConversionError(f"rope_theta {theta} is not an integer, which --rotary-base needs")
     return rope
 
 
@@ -163,7 +168,7 @@ def megatron_flags_from_hf_config(
             norm_epsilon=float(config.rms_norm_eps), rotary_base=int(_rope(config).get("rope_theta", 10000)),
         )
     elif style == "gpt2":
-        if config.activation_function not in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
+        if config.activation_function not in ("gelu", *_TANH_GELUS):
             raise ConversionError(f"GPT-2 activation_function {config.activation_function!r} does not convert")
         if not config.scale_attn_weights or config.scale_attn_by_inverse_layer_idx:
             raise ConversionError("GPT-2 attention scaling other than 1/sqrt(head_dim) does not convert")
@@ -171,13 +176,13 @@ def megatron_flags_from_hf_config(
             num_layers=config.n_layer, hidden_size=config.n_embd, num_attention_heads=config.n_head,
             num_query_groups=config.n_head, ffn_hidden_size=config.n_inner or 4 * config.n_embd,
             max_position_embeddings=config.n_positions, norm_epsilon=float(config.layer_norm_epsilon),
-            openai_gelu=config.activation_function != "gelu",
+            openai_gelu=config.activation_function in _TANH_GELUS,
         )
     else:
         if not config.use_parallel_residual:
             raise ConversionError("GPT-NeoX with use_parallel_residual=False has no neox-style counterpart")
-        if config.hidden_act != "gelu" or not getattr(config, "attention_bias", True):
-            raise ConversionError("GPT-NeoX converts with hidden_act='gelu' and attention biases only")
+        if config.hidden_act not in ("gelu", *_TANH_GELUS) or not getattr(config, "attention_bias", True):
+            raise ConversionError("GPT-NeoX converts with a GeLU hidden_act and attention biases only")
         rope = _rope(config)
         flags.update(
             num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
@@ -185,6 +190,7 @@ def megatron_flags_from_hf_config(
             ffn_hidden_size=config.intermediate_size, max_position_embeddings=config.max_position_embeddings,
             norm_epsilon=float(config.layer_norm_eps), rotary_base=int(rope.get("rope_theta", 10000)),
             rotary_percent=float(rope.get("partial_rotary_factor", 1.0)),
+            openai_gelu=config.hidden_act != "gelu",
         )
     return flags
 

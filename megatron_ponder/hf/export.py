@@ -132,11 +132,11 @@ def _write_ponder_folder(out: Path, megatron_config, hf_model) -> None:
     save_ponder_lm(ponder_model, str(out))
 
 
-def _write_tokenizer(out: Path, args) -> bool:
-    """Save the run's HF tokenizer into ``out``; False when the run had none (mock data)."""
+def run_tokenizer(args):
+    """The run's tokenizer as an HF tokenizer, or None when it had none (mock data)."""
     path = getattr(args, "tokenizer_model", None)
     if getattr(args, "tokenizer_type", None) != "HuggingFaceTokenizer" or not path or not os.path.exists(path):
-        return False
+        return None
     transformers = require("transformers")
     from megatron_ponder.data.tokenizer import EOD_TOKEN, TOKENIZER_FILE
 
@@ -147,8 +147,7 @@ def _write_tokenizer(out: Path, args) -> bool:
         file = Path(path) if os.path.isfile(path) else folder / TOKENIZER_FILE
         tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_file=str(file), eos_token=EOD_TOKEN,
                                                          bos_token=EOD_TOKEN, unk_token=EOD_TOKEN)
-    tokenizer.save_pretrained(str(out))
-    return True
+    return tokenizer
 
 
 def export_checkpoint(load_dir: str, out_dir: str, iteration: Optional[int] = None) -> Path:
@@ -163,9 +162,15 @@ def export_checkpoint(load_dir: str, out_dir: str, iteration: Optional[int] = No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     hf_model = _stock_model(args, model.state_dict())
+    tokenizer = run_tokenizer(args)
+    # The stock configs' default special ids (GPT-2's 50256, LLaMA's 1/2) mean nothing here.
+    for holder in (hf_model.config, hf_model.generation_config):
+        holder.bos_token_id = tokenizer.bos_token_id if tokenizer is not None else None
+        holder.eos_token_id = tokenizer.eos_token_id if tokenizer is not None else None
     if model.config.ponder_mode == "none":
         hf_model.save_pretrained(str(out))
     else:
         _write_ponder_folder(out, model.config, hf_model)
-    _write_tokenizer(out, args)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
     return out

@@ -23,6 +23,7 @@ import torch
 
 from megatron_ponder.hf import require
 from megatron_ponder.hf.configs import (
+    ConversionError,
     flags_to_argv,
     megatron_flags_from_hf_config,
     model_shape,
@@ -40,8 +41,12 @@ def load_hf_model(source: str, gguf_file: Optional[str] = None):
     from megatron_ponder.runtime.cpu import torch_factories_unpatched
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    with torch_factories_unpatched():  # HF's buffer initialisation needs torch's own factories
-        return transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs).eval()
+    try:
+        with torch_factories_unpatched():  # HF's buffer initialisation needs torch's own factories
+            return transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs).eval()
+    except (OSError, ValueError) as error:  # no/unknown config.json, missing weights or GGUF file
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConversionError(f"cannot load a Hugging Face model from {source}: {first_line}") from None
 
 
 def import_hf_model(

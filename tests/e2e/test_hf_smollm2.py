@@ -63,5 +63,6 @@ def test_smollm2_import_gives_hf_logits_and_continues_in_latent_mode(megatron_wo
         "--log-interval", "1", "--metrics-file", metrics,
     ])
     assert "resumed from" in result.stdout
-    losses = [json.loads(line)["loss"] for line in open(metrics) if json.loads(line)["kind"] == "train"]
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    losses = [record["loss"] for record in records if record["kind"] == "train"]
     assert len(losses) == 2 and all(math.isfinite(value) for value in losses)

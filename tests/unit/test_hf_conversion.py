@@ -67,14 +67,14 @@ def _tokens(seed: int = 0):
     return tokens, torch.arange(LENGTH).expand(BATCH, -1)
 
 
-def tiny_megatron_checkpoint(style: str, root, **extra_flags):
+def tiny_megatron_checkpoint(style: str, root, real_vocab: int = VOCAB, padded_vocab: int = 128, **extra_flags):
     """A tiny model built from the entry point's flags, saved as a checkpoint; returns the model."""
     argv = ["--architecture", style, *SHAPES[style], "--max-position-embeddings", "32", "--init-method-std", "0.1",
-            "--mock-data", "--vocab-size", "128", "--ponder-mode", "none"]
+            "--mock-data", "--vocab-size", str(padded_vocab), "--ponder-mode", "none"]
     for flag, value in extra_flags.items():
         argv += [f"--{flag.replace('_', '-')}", str(value)]
     args = parse_args(argv)
-    args.tokenizer_vocab_size = VOCAB  # 100 real tokens in 128 rows: 28 padding rows
+    args.tokenizer_vocab_size = real_vocab  # default: 100 real tokens in 128 rows, 28 padding rows
     torch.manual_seed(0)
     model = build_model(args, model_config(args))
     _randomise_norms_and_biases(model.named_parameters(), seed=1)
@@ -149,6 +149,14 @@ def test_import_then_export_is_bit_exact(megatron_world_of_one, tmp_path, style)
         assert torch.equal(tensor, round_trip[name]), name
 
 
+def test_a_folder_without_a_model_is_refused(tmp_path):
+    from megatron_ponder.hf.import_hf import load_hf_model
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ConversionError, match=f"cannot load a Hugging Face model from {tmp_path}"):
+        load_hf_model(str(tmp_path))
+
+
 def test_unsupported_hf_models_are_refused():
     with pytest.raises(ConversionError, match="attention_bias"):
         megatron_flags_from_hf_config(transformers.LlamaConfig(attention_bias=True))
@@ -159,3 +167,33 @@ def test_unsupported_hf_models_are_refused():
             rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}))
     with pytest.raises(ConversionError, match="model_type 'bert'"):
         megatron_flags_from_hf_config(transformers.BertConfig())
+
+
+def test_export_writes_the_runs_tokenizer(megatron_world_of_one, tmp_path):
+    from megatron_ponder.data.tokenizer import train_bpe_tokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("def main():\n    return sum(range(10))\n" * 50)
+    tokenizer = train_bpe_tokenizer([corpus], 300, tmp_path / "tokenizer")
+    model_dir = tmp_path / "megatron"
+    tiny_megatron_checkpoint("gpt2", model_dir, real_vocab=tokenizer.vocab_size, padded_vocab=384,
+                             tokenizer_type="HuggingFaceTokenizer", tokenizer_model=tmp_path / "tokenizer")
+    out = export_checkpoint(str(model_dir), str(tmp_path / "hf"))
+    exported = transformers.AutoTokenizer.from_pretrained(str(out))
+    text = "def main(): return 42"
+    assert exported(text)["input_ids"] == tokenizer.tokenize(text)
+    assert exported.eos_token_id == tokenizer.eod
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == tokenizer.vocab_size and config["eos_token_id"] == tokenizer.eod
+
+
+def test_weights_only_checkpoint_needs_no_load_optim(megatron_world_of_one, tmp_path):
+    from megatron_ponder.training.checkpointing import CheckpointError, load_checkpoint
+
+    model = tiny_megatron_checkpoint("llama", tmp_path / "megatron")
+    with pytest.raises(CheckpointError, match="--no-load-optim"):
+        load_checkpoint(str(tmp_path / "megatron"), model, None, None, load_optimizer=True,
+                        distributed_optimizer=False)
+    resumed = load_checkpoint(str(tmp_path / "megatron"), model, None, None, load_optimizer=False,
+                              distributed_optimizer=False)
+    assert (resumed.iteration, resumed.consumed_samples) == (0, 0)
