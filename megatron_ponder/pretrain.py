@@ -62,8 +62,9 @@ def _prepare_data(args):
     return train, valid
 
 
-def _model_config(args):
-    from megatron_ponder.model.architectures import make_ponder_config
+def model_config(args):
+    """The PonderConfig the run's flags describe (also used by the HF converters)."""
+    from megatron_ponder.model.architectures import make_ponder_config, tanh_gelu
 
     recompute = {}
     if args.recompute_granularity == "full":
@@ -71,6 +72,9 @@ def _model_config(args):
                          recompute_num_layers=args.recompute_num_layers)
     elif args.recompute_granularity == "selective":
         recompute = dict(recompute_granularity="selective")
+    shape = dict(layernorm_epsilon=args.norm_epsilon)
+    if args.openai_gelu:
+        shape["activation_func"] = tanh_gelu
     precision = dict(bf16=True, params_dtype=torch.bfloat16, pipeline_dtype=torch.bfloat16) if args.bf16 \
         else dict(pipeline_dtype=torch.float32)
     if args.fp8_format is not None:
@@ -103,9 +107,20 @@ def _model_config(args):
         jacobi_eval_rounds=args.jacobi_eval_iters,
         jacobi_seed=args.jacobi_seed,
         input_embedding_scale=args.input_embedding_scale,
+        **shape,
         **precision,
         **recompute,
     )
+
+
+def build_model(args, config):
+    """This rank's PonderGPTModel stage for the run's flags (also used by the HF converters)."""
+    from megatron_ponder.model.architectures import build_ponder_gpt
+
+    return build_ponder_gpt(config, args.architecture, args.vocab_size, args.max_position_embeddings,
+                            share_embeddings_and_output_weights=args.tie_embeddings,
+                            rotary_percent=args.rotary_percent, rotary_base=args.rotary_base,
+                            transformer_impl=args.transformer_impl)
 
 
 def _build_training_state(args, config):
@@ -113,12 +128,10 @@ def _build_training_state(args, config):
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.transformer.module import Float16Module
 
-    from megatron_ponder.model.architectures import build_ponder_gpt
     from megatron_ponder.training.optimizer import wrap_and_build_optimizer
 
     torch.manual_seed(args.seed)  # identical CPU init on every rank: shards are slices of one model
-    model = build_ponder_gpt(config, args.architecture, args.vocab_size, args.max_position_embeddings,
-                             transformer_impl=args.transformer_impl)
+    model = build_model(args, config)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     wrapped = Float16Module(config, model) if args.bf16 else model
@@ -181,7 +194,7 @@ def train(args) -> dict:
     from megatron_ponder.training.step import train_step
 
     train_set, valid_set = _prepare_data(args)
-    config = _model_config(args)
+    config = model_config(args)
     model, chunks, optimizer, scheduler = _build_training_state(args, config)
 
     start_iteration, consumed = 0, 0

@@ -23,6 +23,9 @@ SIZES: Dict[str, Dict] = {
     "llama": dict(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=48),
     # LayerNorm, GeLU, learned absolute positions, tied.
     "gpt2": dict(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=4, ffn_hidden_size=64),
+    # LayerNorm, GeLU, biases, RoPE on a quarter of each head (head_dim 16: 4 dims), parallel
+    # residual, untied.
+    "neox": dict(num_layers=2, hidden_size=64, num_attention_heads=4, num_query_groups=4, ffn_hidden_size=96),
 }
 
 
@@ -71,6 +74,8 @@ def reference_arch(style: str) -> ReferenceArch:
         max_positions=MAX_POSITIONS,
         tied_embeddings=chosen.share_embeddings_and_output_weights,
         bias=chosen.config_fields["add_bias_linear"],
+        rotary_percent=chosen.rotary_percent,
+        parallel_residual=chosen.parallel_residual,
     )
 
 

@@ -1,7 +1,9 @@
-"""Architecture styles (LLaMA, GPT-2) as plain Megatron config, and the model builder.
+"""Architecture styles (LLaMA, GPT-2, GPT-NeoX) as plain Megatron config, and the model builder.
 
 A style is the part of a model that is not its size: norm, MLP activation, biases, position
-embedding, tied or untied output layer. Everything maps onto stock Megatron-Core options.
+embedding, tied or untied output layer, sequential or parallel residual. Everything maps onto
+stock Megatron-Core options, except GPT-NeoX's parallel residual, which is a TransformerLayer
+subclass (:mod:`megatron_ponder.model.parallel_residual`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,22 @@ from megatron_ponder.model.ponder_gpt import PonderGPTModel
 from megatron_ponder.model.specs import get_block_spec
 
 
+def tanh_gelu(x):
+    """GeLU with the tanh approximation: GPT-2's ``gelu_new`` (``--openai-gelu``)."""
+    return F.gelu(x, approximate="tanh")
+
+
 @dataclass(frozen=True)
 class ArchitectureStyle:
-    """TransformerConfig fields plus the two GPTModel arguments that make a style."""
+    """TransformerConfig fields plus the GPTModel arguments and layer choice that make a style."""
 
     config_fields: Dict[str, Any] = field(default_factory=dict)
     position_embedding_type: str = "learned_absolute"
     share_embeddings_and_output_weights: bool = True
+    rotary_percent: float = 1.0
+    """Fraction of each head's dimensions that RoPE rotates (GPT-NeoX: the first quarter)."""
+    parallel_residual: bool = False
+    """``x + attn(ln1 x) + mlp(ln2 x)`` (GPT-NeoX) instead of the sequential pre-norm residual."""
 
 
 ARCHITECTURE_STYLES: Dict[str, ArchitectureStyle] = {
@@ -44,6 +55,15 @@ ARCHITECTURE_STYLES: Dict[str, ArchitectureStyle] = {
         config_fields=dict(normalization="LayerNorm", activation_func=F.gelu, add_bias_linear=True),
         position_embedding_type="learned_absolute",
         share_embeddings_and_output_weights=True,
+    ),
+    # GPT-NeoX / Pythia: LayerNorm, GeLU MLP, biases everywhere (QKV included), RoPE on the first
+    # 25% of each head's dimensions, parallel attention + MLP residual, untied embeddings.
+    "neox": ArchitectureStyle(
+        config_fields=dict(normalization="LayerNorm", activation_func=F.gelu, add_bias_linear=True),
+        position_embedding_type="rope",
+        share_embeddings_and_output_weights=False,
+        rotary_percent=0.25,
+        parallel_residual=True,
     ),
 }
 
@@ -71,6 +91,8 @@ def build_ponder_gpt(
     vp_stage: Optional[int] = None,
     share_embeddings_and_output_weights: Optional[bool] = None,
     transformer_impl: str = "auto",
+    rotary_percent: Optional[float] = None,
+    rotary_base: int = 10000,
 ) -> PonderGPTModel:
     """A PonderGPTModel of ``style`` for this rank's pipeline stage.
 
@@ -80,7 +102,8 @@ def build_ponder_gpt(
 
     ``max_sequence_length`` counts tokens, not slots: thought slots reuse their token's position.
     ``pre_process``/``post_process`` default to whether this rank is the first/last pipeline
-    stage; ``share_embeddings_and_output_weights`` defaults to the style's choice.
+    stage; ``share_embeddings_and_output_weights`` and ``rotary_percent`` default to the style's
+    choice; ``rotary_base`` is RoPE's theta (LLaMA-2: 10000, SmolLM2: 100000).
     """
     chosen = get_style(style)
     if pre_process is None:
@@ -89,14 +112,19 @@ def build_ponder_gpt(
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
     if share_embeddings_and_output_weights is None:
         share_embeddings_and_output_weights = chosen.share_embeddings_and_output_weights
+    if rotary_percent is None:
+        rotary_percent = chosen.rotary_percent
     return PonderGPTModel(
         config,
-        get_block_spec(config, vp_stage=vp_stage, transformer_impl=transformer_impl),
+        get_block_spec(config, vp_stage=vp_stage, transformer_impl=transformer_impl,
+                       parallel_residual=chosen.parallel_residual),
         vocab_size=vocab_size,
         max_sequence_length=max_sequence_length,
         pre_process=pre_process,
         post_process=post_process,
         share_embeddings_and_output_weights=share_embeddings_and_output_weights,
         position_embedding_type=chosen.position_embedding_type,
+        rotary_percent=rotary_percent,
+        rotary_base=rotary_base,
         vp_stage=vp_stage,
     )

@@ -8,6 +8,9 @@
 * :func:`get_block_spec` — picks one: ``auto`` takes Transformer Engine when it is usable here
   (CUDA present and ``transformer_engine.pytorch`` imports), the local spec otherwise. TE is
   imported only on that path, never on a machine without CUDA.
+
+With ``parallel_residual=True`` either spec builds GPT-NeoX's layer (``x + attn(ln1 x) + mlp(ln2 x)``,
+:mod:`megatron_ponder.model.parallel_residual`), same modules and weights.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_ponder.model.parallel_residual import ParallelResidualTransformerLayer
 from megatron_ponder.parallel.context_parallel import ContextParallelLocalAttention
 from megatron_ponder.runtime.transformer_engine import transformer_engine_unusable_reason
 
@@ -69,19 +73,22 @@ class SequenceParallelTorchNorm:
 
 
 def get_local_block_spec(
-    config: TransformerConfig, vp_stage: Optional[int] = None
+    config: TransformerConfig, vp_stage: Optional[int] = None, parallel_residual: bool = False
 ) -> TransformerBlockSubmodules:
     """Megatron's local GPT layer spec for ``config`` with SP-capable norms, as a block spec.
 
     Args:
         config: the model config (normalization, qk_layernorm and pipeline layout are read).
         vp_stage: virtual pipeline stage, for the number of layers this stage builds.
+        parallel_residual: GPT-NeoX layers (attention and MLP both read the layer input).
     """
     layer_spec = copy.deepcopy(
         get_gpt_layer_local_spec(
             normalization=config.normalization, qk_layernorm=config.qk_layernorm
         )
     )
+    if parallel_residual:
+        layer_spec.module = ParallelResidualTransformerLayer
     layer = layer_spec.submodules
     layer.input_layernorm = SequenceParallelTorchNorm
     layer.pre_mlp_layernorm = SequenceParallelTorchNorm
@@ -99,7 +106,7 @@ def get_local_block_spec(
 
 
 def get_transformer_engine_block_spec(
-    config: TransformerConfig, vp_stage: Optional[int] = None
+    config: TransformerConfig, vp_stage: Optional[int] = None, parallel_residual: bool = False
 ) -> TransformerBlockSubmodules:
     """Megatron's Transformer Engine GPT layer spec for ``config``, as a block spec (GPU only).
 
@@ -113,6 +120,11 @@ def get_transformer_engine_block_spec(
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
     layer_spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
+    if parallel_residual:
+        # TE fuses ln1 into linear_qkv and ln2 into linear_fc1 (the separate norms are identities),
+        # so handing both sub-blocks the layer input x is exactly the parallel residual.
+        layer_spec = copy.deepcopy(layer_spec)
+        layer_spec.module = ParallelResidualTransformerLayer
     return TransformerBlockSubmodules(
         layer_specs=[layer_spec] * get_num_layers_to_build(config, vp_stage=vp_stage),
         layer_norm=TENorm,
@@ -131,9 +143,12 @@ def resolve_transformer_impl(transformer_impl: str = "auto") -> str:
 
 
 def get_block_spec(
-    config: TransformerConfig, vp_stage: Optional[int] = None, transformer_impl: str = "auto"
+    config: TransformerConfig, vp_stage: Optional[int] = None, transformer_impl: str = "auto",
+    parallel_residual: bool = False,
 ) -> TransformerBlockSubmodules:
     """The block spec of ``transformer_impl`` (``auto``, ``local`` or ``transformer_engine``).
+
+    ``parallel_residual``: GPT-NeoX layers (attention and MLP both read the layer input).
 
     FP8 (``config.fp8``) runs in Transformer Engine's GEMMs only, so it needs the TE spec.
     """
@@ -142,5 +157,5 @@ def get_block_spec(
         reason = transformer_engine_unusable_reason() or "the local layer spec was requested"
         raise ValueError(f"fp8={config.fp8!r} needs the Transformer Engine layer spec: {reason}")
     if impl == "transformer_engine":
-        return get_transformer_engine_block_spec(config, vp_stage)
-    return get_local_block_spec(config, vp_stage)
+        return get_transformer_engine_block_spec(config, vp_stage, parallel_residual)
+    return get_local_block_spec(config, vp_stage, parallel_residual)

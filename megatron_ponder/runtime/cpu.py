@@ -172,3 +172,23 @@ def enable_cpu_megatron() -> List[str]:
 def cpu_megatron_enabled() -> bool:
     """True once :func:`enable_cpu_megatron` has patched this process."""
     return bool(_APPLIED)
+
+
+@contextlib.contextmanager
+def torch_factories_unpatched():
+    """Run a block with torch's own tensor factories (the CPU patches' wrappers set aside).
+
+    Hugging Face ``from_pretrained`` (transformers 5) builds models on the meta device and then
+    recomputes non-persistent buffers such as RoPE's ``inv_freq``; with the wrapped factories
+    in place those buffers come back uninitialised. Weights are unaffected. No-op when the
+    patches are not applied.
+    """
+    wrapped = {name: getattr(torch, name) for name in _FACTORIES
+               if hasattr(getattr(torch, name), "__wrapped__")}
+    for name, factory in wrapped.items():
+        setattr(torch, name, factory.__wrapped__)
+    try:
+        yield
+    finally:
+        for name, factory in wrapped.items():
+            setattr(torch, name, factory)

@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS), help="model shape (default: cpu-tiny)")
-    model.add_argument("--architecture", choices=["llama", "gpt2"], default=None,
-                       help="llama: RMSNorm/SwiGLU/RoPE/untied; gpt2: LayerNorm/GeLU/learned positions/tied (default: the preset's)")
+    model.add_argument("--architecture", choices=["llama", "gpt2", "neox"], default=None,
+                       help="llama: RMSNorm/SwiGLU/RoPE/untied; gpt2: LayerNorm/GeLU/learned positions/tied; "
+                            "neox: LayerNorm/GeLU/partial RoPE/parallel residual/untied (default: the preset's)")
     model.add_argument("--num-layers", type=int)
     model.add_argument("--hidden-size", type=int)
     model.add_argument("--num-attention-heads", type=int)
@@ -53,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--vocab-size", type=int, help="model vocabulary (default: the tokenizer's, padded)")
     model.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     model.add_argument("--init-method-std", type=float, default=0.02)
+    # Shape details of imported models (tools/convert_checkpoint.py import prints the flags).
+    model.add_argument("--norm-epsilon", type=float, default=1e-5, help="epsilon of every LayerNorm/RMSNorm")
+    model.add_argument("--rotary-base", type=int, default=10000, help="RoPE theta")
+    model.add_argument("--rotary-percent", type=float, default=None,
+                       help="fraction of each head RoPE rotates (default: the architecture's, neox 0.25)")
+    tying = model.add_mutually_exclusive_group()
+    tying.add_argument("--untie-embeddings-and-output-weights", dest="tie_embeddings", action="store_false",
+                       default=None, help="separate output layer (default: the architecture's)")
+    tying.add_argument("--tie-embeddings-and-output-weights", dest="tie_embeddings", action="store_true",
+                       help="output layer = word embedding (default: the architecture's)")
+    model.add_argument("--openai-gelu", action="store_true",
+                       help="tanh-approximated GeLU (GPT-2's gelu_new) instead of the exact erf GeLU")
     model.add_argument("--hidden-dropout", type=float, default=0.0)
     model.add_argument("--attention-dropout", type=float, default=0.0)
 
@@ -194,6 +207,10 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
              f"--num-query-groups {groups}")
     if args.num_layers % pp != 0:
         fail(f"--num-layers {args.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
+    if args.openai_gelu and args.architecture == "llama":
+        fail("--openai-gelu replaces GeLU, but the llama architecture uses SwiGLU: drop the flag")
+    if args.rotary_percent is not None and not 0 < args.rotary_percent <= 1:
+        fail(f"--rotary-percent must be in (0, 1], got {args.rotary_percent}")
     if args.sequence_parallel and tp == 1:
         fail("--sequence-parallel needs --tensor-model-parallel-size > 1")
     check_sequence_layout(args.seq_length, tp, args.sequence_parallel, cp, length_name="--seq-length")

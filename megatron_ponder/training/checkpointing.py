@@ -6,6 +6,10 @@ Layout under ``--save DIR``::
                                  iteration, consumed samples, run arguments)
     DIR/latest_checkpointed_iteration.txt
 
+A weights-only checkpoint (:func:`save_weights_checkpoint`, written by
+``tools/convert_checkpoint.py import``) has the same layout without optimizer and scheduler;
+the training entry point continues from it with ``--no-load-optim``.
+
 The pointer file is replaced atomically (write a temporary file, then ``os.replace``) only after
 every rank has finished writing, so a crash or SIGKILL in the middle of a save leaves the
 pointer on the previous, complete checkpoint. Tensors are saved as global shards, so a run can
@@ -136,6 +140,12 @@ def save_checkpoint(
     dist_checkpointing.save(state, folder)
     dist.barrier()
     _fault_injection_point("after-shards-before-pointer", iteration)
+    _point_latest_at(root, iteration)
+    return folder
+
+
+def _point_latest_at(root: str, iteration: int) -> None:
+    """Atomically make ``root``'s pointer name ``iteration`` (rank 0 writes; all ranks wait)."""
     if dist.get_rank() == 0:
         pointer = os.path.join(root, LATEST_FILE)
         temporary = pointer + ".tmp"
@@ -145,6 +155,30 @@ def save_checkpoint(
             os.fsync(handle.fileno())
         os.replace(temporary, pointer)
     dist.barrier()
+
+
+def save_weights_checkpoint(root: str, model, run_args: Dict[str, Any], iteration: int = 0) -> str:
+    """Write ``root/iter_N`` holding only the model (no optimizer/scheduler), then the pointer.
+
+    Same layout as :func:`save_checkpoint`; ``weights_only`` tells :func:`load_checkpoint` that
+    there is no optimizer state to resume.
+    """
+    folder = checkpoint_dir(root, iteration)
+    if dist.get_rank() == 0:
+        if os.path.exists(folder):
+            shutil.rmtree(folder)
+        os.makedirs(folder)
+    dist.barrier()
+    state = {
+        "model": model.sharded_state_dict(),
+        "iteration": iteration,
+        "consumed_samples": 0,
+        "args": run_args,
+        "weights_only": True,
+    }
+    dist_checkpointing.save(state, folder)
+    dist.barrier()
+    _point_latest_at(root, iteration)
     return folder
 
 
@@ -161,6 +195,11 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
         raise CheckpointError(
             f"{folder} (named by {LATEST_FILE}) is not a complete checkpoint: point the file at an "
             "existing iter_* folder or delete it to start fresh"
+        )
+    if load_optimizer and dist_checkpointing.load_common_state_dict(folder).get("weights_only", False):
+        raise CheckpointError(
+            f"{folder} holds weights only (an imported model, no optimizer state): continue from it "
+            "with --no-load-optim"
         )
     model_state = model.sharded_state_dict()
     request = {"model": model_state}

@@ -2,8 +2,8 @@
 
 A preset fills the shape flags the user did not give. ``architecture`` picks the style
 (:mod:`megatron_ponder.model.architectures`). The Pythia shapes are the GPT-NeoX models the
-papers train; until the GPT-NeoX layer spec lands they run with the GPT-2 style (sequential
-residual, learned positions) at Pythia's sizes.
+papers train, in the ``neox`` style (parallel residual, RoPE on 25% of each head, untied), so a
+Pythia checkpoint converts exactly (``tools/convert_checkpoint.py import``).
 """
 
 PRESETS = {
@@ -13,17 +13,17 @@ PRESETS = {
     "cpu-small": dict(architecture="llama", num_layers=6, hidden_size=256, num_attention_heads=8,
                       num_query_groups=4, ffn_hidden_size=704, seq_length=256),
     # Pythia suite shapes (PonderLM / PonderLM-2 experiments), sequence 2048.
-    "pythia-70m": dict(architecture="gpt2", num_layers=6, hidden_size=512, num_attention_heads=8,
+    "pythia-70m": dict(architecture="neox", num_layers=6, hidden_size=512, num_attention_heads=8,
                        ffn_hidden_size=2048, seq_length=2048),
-    "pythia-160m": dict(architecture="gpt2", num_layers=12, hidden_size=768, num_attention_heads=12,
+    "pythia-160m": dict(architecture="neox", num_layers=12, hidden_size=768, num_attention_heads=12,
                         ffn_hidden_size=3072, seq_length=2048),
-    "pythia-410m": dict(architecture="gpt2", num_layers=24, hidden_size=1024, num_attention_heads=16,
+    "pythia-410m": dict(architecture="neox", num_layers=24, hidden_size=1024, num_attention_heads=16,
                         ffn_hidden_size=4096, seq_length=2048),
-    "pythia-1b": dict(architecture="gpt2", num_layers=16, hidden_size=2048, num_attention_heads=8,
+    "pythia-1b": dict(architecture="neox", num_layers=16, hidden_size=2048, num_attention_heads=8,
                       ffn_hidden_size=8192, seq_length=2048),
-    "pythia-1.4b": dict(architecture="gpt2", num_layers=24, hidden_size=2048, num_attention_heads=16,
+    "pythia-1.4b": dict(architecture="neox", num_layers=24, hidden_size=2048, num_attention_heads=16,
                         ffn_hidden_size=8192, seq_length=2048),
-    "pythia-2.8b": dict(architecture="gpt2", num_layers=32, hidden_size=2560, num_attention_heads=32,
+    "pythia-2.8b": dict(architecture="neox", num_layers=32, hidden_size=2560, num_attention_heads=32,
                         ffn_hidden_size=10240, seq_length=2048),
     # LLaMA-style 1.4B (PonderLM-2's LLaMA runs): SwiGLU, RoPE, GQA.
     "llama-1.4b": dict(architecture="llama", num_layers=24, hidden_size=2048, num_attention_heads=16,

@@ -6,7 +6,8 @@ of 2, or 2 microbatches of 4 with ``--micro-batch-size 4``; split over DP ranks)
 grad norms must match the world-of-one run to rel. 1e-5 in fp32.
 
 Pipeline layouts run every pass through every stage (the looped pipeline), including untied
-ponder feedback (LLaMA style: a copy of E on the last stage) and tied (GPT-2 style).
+ponder feedback (LLaMA style: a copy of E on the last stage) and tied (GPT-2 style). GPT-NeoX
+style (parallel residual) runs under TP + SP.
 
 Top-K mixing (ponder S=2, K=8 of 64 tokens) runs in the TP=2 and TP=2+SP layouts too: each rank holds half
 the vocabulary, so the global top-K, the softmax gradient and the embedding-row gradients cross
@@ -44,14 +45,18 @@ LAYOUTS = {
 # GPT-2 style (learned positions, tied embeddings, biases) on the layouts that treat the
 # sequence or the embeddings differently; LLaMA style (RoPE, GQA, untied) on all of them.
 GPT2_LAYOUTS = ("tp2-sp", "cp2", "dp2-distopt", "pp2-mb4", "pp2-tp2-sp-mb2")
-CASES = [("llama", name) for name in LAYOUTS] + [("gpt2", name) for name in GPT2_LAYOUTS]
+# GPT-NeoX style (parallel residual: both branches reduce(-scatter) into one sum; partial RoPE)
+# where its layer differs from the others: tensor and sequence parallelism.
+NEOX_LAYOUTS = ("tp2-sp",)
+CASES = ([("llama", name) for name in LAYOUTS] + [("gpt2", name) for name in GPT2_LAYOUTS]
+         + [("neox", name) for name in NEOX_LAYOUTS])
 
 
 @pytest.fixture(scope="module")
 def single_process_runs(tmp_path_factory):
     """Per style: the initial checkpoint and the world-of-one results."""
     runs = {}
-    for style in ("llama", "gpt2"):
+    for style in ("llama", "gpt2", "neox"):
         folder = tmp_path_factory.mktemp(style)
         init = folder / "init"
         run_torchrun(WORKER, 1, ["--style", style, "--init", str(init), "--save-init"])

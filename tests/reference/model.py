@@ -39,6 +39,8 @@ class ReferenceArch:
     position_embedding: str = "learned_absolute"  # "learned_absolute" | "rope"
     max_positions: int = 64
     rotary_base: int = 10000
+    rotary_percent: float = 1.0  # RoPE rotates the first int(head_dim * rotary_percent) dims
+    parallel_residual: bool = False  # GPT-NeoX: x + attn(ln1 x) + mlp(ln2 x)
     tied_embeddings: bool = True
     bias: bool = True  # bias on every linear layer (norm biases follow `normalization`)
 
@@ -104,8 +106,9 @@ class Attention(nn.Module):
         k = self.wk(x).view(b, s, a.num_query_groups, a.head_dim).transpose(1, 2)
         v = self.wv(x).view(b, s, a.num_query_groups, a.head_dim).transpose(1, 2)
         if a.position_embedding == "rope":
-            q = apply_rope(q, position_ids, a.rotary_base)
-            k = apply_rope(k, position_ids, a.rotary_base)
+            rot = int(a.head_dim * a.rotary_percent)  # the rest of each head passes unrotated
+            q = torch.cat((apply_rope(q[..., :rot], position_ids, a.rotary_base), q[..., rot:]), -1)
+            k = torch.cat((apply_rope(k[..., :rot], position_ids, a.rotary_base), k[..., rot:]), -1)
         heads_per_group = a.num_heads // a.num_query_groups
         k = k.repeat_interleave(heads_per_group, dim=1)  # head j reads group j // heads_per_group
         v = v.repeat_interleave(heads_per_group, dim=1)
@@ -143,8 +146,11 @@ class Block(nn.Module):
         self.attn = Attention(arch)
         self.mlp_norm = Norm(arch)
         self.mlp = MLP(arch)
+        self.parallel_residual = arch.parallel_residual
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        if self.parallel_residual:
+            return x + self.attn(self.attn_norm(x), position_ids) + self.mlp(self.mlp_norm(x))
         x = x + self.attn(self.attn_norm(x), position_ids)
         return x + self.mlp(self.mlp_norm(x))
 

@@ -2,7 +2,7 @@
 
 Same weights, same batch: the per-token loss and every gradient agree (fp32, rel. 1e-5) for
 ponder mode (S = 1, 2, 3; accumulate and replace) and latent mode (N = 1, 2; J = 1, 2, 3), in
-LLaMA and GPT-2 styles.
+LLaMA, GPT-2 and GPT-NeoX styles.
 """
 
 import pytest
@@ -12,7 +12,7 @@ from conftest import causal_mask
 from reference.methods import latent_loss, ponder_loss, vanilla_loss
 from tiny_models import gradients_in_reference_layout, random_batch, reference_copy, relative_error, tiny_model
 
-STYLES = ["llama", "gpt2"]
+STYLES = ["llama", "gpt2", "neox"]
 BATCH, LENGTH = 2, 8
 
 

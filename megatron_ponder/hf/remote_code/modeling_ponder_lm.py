@@ -1,0 +1,367 @@
+"""PonderLMForCausalLM: PonderLM / PonderLM-2 around a stock Hugging Face causal LM.
+
+Standalone (imports only torch and transformers): copied into exported model folders and loaded
+with ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)``.
+
+The backbone is a stock ``*ForCausalLM`` (Llama, GPT-NeoX, GPT-2, ...) built from
+``config.backbone_config``; its weights are ``backbone.<stock name>``. We never re-implement a
+layer: every pass calls the stock decoder with ``inputs_embeds``, ``position_ids``, a 2D attention
+mask and (when generating) a ``transformers`` Cache. The method is the one of the Megatron model
+(``megatron_ponder.model.ponder_gpt.PonderGPTModel``, DESIGN.md "The methods, exactly"):
+
+* input embedding ``E(x) = s * embedding(x, pos)`` (GPT-2 style: word + learned position
+  embedding, both scaled). Only token inputs carry the learned position embedding; thought slots
+  and ponder inputs after the first pass enter the transformer as they are.
+* ``ponder``: S feedback passes ``cur <- cur (or e_0) + s * softmax(W_out M(cur))[:V'] @ E[:V']``
+  (V' = ``ponder_vocab_size``), then the final pass gives the logits.
+* ``latent``: interleaved slots ``[x_1, z_1^1..z_1^N, x_2, ...]`` sharing their token's position
+  id, attention causal over slot order; initial thoughts from passes over the slots present so
+  far; J Jacobi rounds (every thought <- output of the slot before it); final pass, logits at the
+  last thought slot of every token.
+
+Scoring (``forward``) and decoding (``generate``) differ in one place, by construction:
+the scoring forward computes the thoughts with J Jacobi rounds (as in training/evaluation), while
+KV-cached decoding builds the thoughts slot by slot, which is the sequential definition
+``z_i = H(x_<=i, z_<i)``. The two agree exactly once J >= N*L (every round fixes at least one more
+slot of the causal chain); ``generate(use_cache=False)`` uses the scoring forward with J = N*L and
+is therefore the uncached reference of the cached decoder.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedModel
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_ponder_lm import PonderLMConfig
+
+# generate() arguments that lm-eval and other GenerationMixin callers pass and that need no work.
+_IGNORED_GENERATE_KWARGS = {"num_beams": 1, "num_return_sequences": 1, "output_scores": False,
+                            "return_dict_in_generate": False, "synced_gpus": False}
+
+
+class PonderLMForCausalLM(PreTrainedModel):
+    """A stock causal LM run with the passes of PonderLM (``ponder``) or PonderLM-2 (``latent``).
+
+    Shapes: b batch, L tokens, h hidden size, V vocabulary (the backbone's, padding included).
+    """
+
+    config_class = PonderLMConfig
+    base_model_prefix = "backbone"
+    main_input_name = "input_ids"
+    _supports_sdpa = True
+
+    def __init__(self, config: PonderLMConfig):
+        super().__init__(config)
+        self.backbone = AutoModelForCausalLM.from_config(config.backbone())
+        self.post_init()
+
+    def _init_weights(self, module):
+        # Fresh (non-loaded) weights follow the backbone's own init scheme.
+        self.backbone._init_weights(module)
+
+    def get_input_embeddings(self):
+        return self.backbone.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.backbone.get_output_embeddings()
+
+    # ------------------------------------------------------------------ building blocks
+    @property
+    def _decoder(self):
+        """The stock decoder: input embeddings -> hidden states after the final norm."""
+        return self.backbone.base_model
+
+    @property
+    def _learned_positions(self) -> torch.nn.Embedding | None:
+        """GPT-2 style learned absolute position embedding (``wpe``), or None (rotary models)."""
+        return getattr(self._decoder, "wpe", None)
+
+    def embed_tokens(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        """E(x) = s * (word embedding [+ learned position embedding]): [b, L] -> [b, L, h]."""
+        embeddings = self.get_input_embeddings()(input_ids)
+        if self._learned_positions is not None:
+            embeddings = embeddings + self._learned_positions(position_ids)
+        scale = self.config.input_embedding_scale
+        return embeddings if scale == 1.0 else embeddings * scale
+
+    def transformer_pass(
+        self,
+        inputs: Tensor,
+        position_ids: Tensor,
+        attention_mask: Tensor,
+        cache: DynamicCache | None = None,
+    ) -> Tensor:
+        """M: [b, s, h] inputs -> [b, s, h] hidden states after the final norm.
+
+        Args:
+            inputs: the slots' input vectors (token embeddings already include their positions).
+            position_ids: [b, s] (latent slots repeat their token's id).
+            attention_mask: [b, past + s], 1 = attend, 0 = padding. Always passed explicitly:
+                without it transformers reads repeated position ids as packed sequences.
+            cache: the pass's KV cache (appended to in place), or None.
+        """
+        if self._learned_positions is not None:
+            # The stock GPT-2 decoder adds wpe(position_ids) to whatever it is given; Megatron adds
+            # it once, inside E(x), and never to fed-back vectors. Subtracting it here leaves every
+            # slot with exactly the input Megatron's transformer sees (up to one fp rounding).
+            inputs = inputs - self._learned_positions(position_ids)
+        output = self._decoder(
+            inputs_embeds=inputs,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+        return output.last_hidden_state
+
+    def output_logits(self, hidden: Tensor) -> Tensor:
+        """W_out h: [b, s, h] -> [b, s, V]."""
+        return self.get_output_embeddings()(hidden)
+
+    def ponder_mixture(self, hidden: Tensor) -> Tensor:
+        """s * softmax(W_out h) @ E over the first ``ponder_vocab_size`` rows: [b, s, h] -> [b, s, h]."""
+        weight = self.get_input_embeddings().weight
+        valid = self.config.ponder_vocab_size or weight.size(0)
+        probs = torch.softmax(self.output_logits(hidden)[..., :valid].float(), dim=-1)
+        mixture = probs.to(weight.dtype) @ weight[:valid]
+        scale = self.config.input_embedding_scale
+        return mixture if scale == 1.0 else mixture * scale
+
+    def _new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.backbone.config)
+
+    # ------------------------------------------------------------------ scoring forward
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        num_jacobi_rounds: int | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits [b, L, V] for every token (latent: read at the token's last thought slot).
+
+        Args:
+            input_ids: [b, L].
+            attention_mask: [b, L], 1 = token, 0 = padding (default: all ones).
+            position_ids: [b, L] (default: running count of the unmasked tokens, i.e. 0..L-1).
+            labels: [b, L] aligned with ``input_ids`` (shifted inside, -100 = ignored): adds the
+                mean next-token cross-entropy as ``loss``.
+            num_jacobi_rounds: latent mode: J for this call (default ``config.jacobi_eval_rounds``).
+        """
+        # Flags HF callers pass by habit; this forward returns logits (and loss) only.
+        harmless = ("use_cache", "output_attentions", "output_hidden_states")
+        unsupported = [k for k, v in kwargs.items() if v is not None and v is not False and k not in harmless]
+        if unsupported:
+            raise ValueError(f"PonderLMForCausalLM.forward does not take {', '.join(unsupported)}")
+        attention_mask, position_ids = self._mask_and_positions(input_ids, attention_mask, position_ids)
+        token_inputs = self.embed_tokens(input_ids, position_ids)
+        if self.config.ponder_mode == "ponder":
+            logits = self._ponder_logits(token_inputs, position_ids, attention_mask)
+        else:
+            rounds = self.config.jacobi_eval_rounds if num_jacobi_rounds is None else num_jacobi_rounds
+            logits = self._latent_logits(token_inputs, position_ids, attention_mask, rounds)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    @staticmethod
+    def _mask_and_positions(input_ids, attention_mask, position_ids):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return attention_mask, position_ids
+
+    def _ponder_logits(self, token_inputs: Tensor, position_ids: Tensor, attention_mask: Tensor,
+                       caches: list[DynamicCache] | None = None) -> Tensor:
+        """S feedback passes and the final pass (pass k uses ``caches[k]`` if given) -> [b, L, V]."""
+        config = self.config
+        caches = caches or [None] * (config.ponder_steps + 1)
+        current = token_inputs
+        for step in range(config.ponder_steps):
+            hidden = self.transformer_pass(current, position_ids, attention_mask, caches[step])
+            current = (current if config.ponder_accumulate else token_inputs) + self.ponder_mixture(hidden)
+        hidden = self.transformer_pass(current, position_ids, attention_mask, caches[-1])
+        return self.output_logits(hidden)
+
+    def _latent_logits(
+        self, token_inputs: Tensor, position_ids: Tensor, attention_mask: Tensor, rounds: int
+    ) -> Tensor:
+        """Initial thoughts, ``rounds`` Jacobi rounds, final pass -> logits [b, L, V]."""
+        num_thoughts = self.config.num_latent_thoughts
+        length = token_inputs.size(1)
+
+        def pass_over(thoughts: list[Tensor]) -> Tensor:
+            """Pass over tokens + their k-1 thoughts ([b, L, h] each) -> outputs [b, L, k, h]."""
+            slots = len(thoughts) + 1
+            sequence = torch.stack([token_inputs, *thoughts], dim=2).flatten(1, 2)  # [b, kL, h]
+            hidden = self.transformer_pass(
+                sequence,
+                position_ids.repeat_interleave(slots, dim=1),
+                attention_mask.repeat_interleave(slots, dim=1),
+            )
+            return hidden.unflatten(1, (length, slots))
+
+        thoughts: list[Tensor] = []  # thoughts[k-1] = z^k, [b, L, h]
+        for _ in range(num_thoughts):
+            # thought k = output of the last slot of each group in a pass over the k slots so far
+            thoughts.append(pass_over(thoughts)[:, :, -1])
+        for _ in range(rounds):
+            outputs = pass_over(thoughts)
+            thoughts = [outputs[:, :, k] for k in range(num_thoughts)]  # z^k <- H[slot before it]
+        return self.output_logits(pass_over(thoughts)[:, :, -1])
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
+        do_sample: bool = False,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id=None,
+        pad_token_id: int | None = None,
+        use_cache: bool = True,
+        stopping_criteria=None,
+        **kwargs,
+    ) -> Tensor:
+        """Greedy or sampled decoding; returns [b, prompt + new] token ids.
+
+        A self-contained loop (not GenerationMixin, whose one-cache-one-pass-per-token model does
+        not fit S+1 passes or N+1 slots per token); sampling uses transformers' logits warpers.
+
+        * ``use_cache=True``: ponder keeps one DynamicCache per pass (S+1); latent keeps one cache
+          that grows by N+1 entries per token (token slot, then its N thoughts, one slot per step,
+          all at the token's position id): the sequential definition of the thoughts.
+        * ``use_cache=False``: every step re-runs the scoring forward over the whole sequence
+          (latent: with J = N*L Jacobi rounds, which equals the sequential definition).
+
+        Args:
+            input_ids: [b, P] prompts (left-padded if their lengths differ).
+            attention_mask: [b, P], 0 at padding (default: all ones).
+            max_new_tokens / max_length: how many tokens to add / total length cap.
+            do_sample, temperature, top_k, top_p: sampling (torch's global RNG: seed it).
+            eos_token_id: int or list; a row that emitted it gets ``pad_token_id`` afterwards.
+                Default None: no early stop (pass ``tokenizer.eos_token_id`` to stop at EOS).
+            stopping_criteria: callables ``(input_ids, scores) -> bool | BoolTensor[b]``.
+        """
+        for name, value in kwargs.items():
+            if name not in _IGNORED_GENERATE_KWARGS or value != _IGNORED_GENERATE_KWARGS[name]:
+                raise ValueError(f"PonderLMForCausalLM.generate does not support {name}={value!r}")
+        if max_new_tokens is None:
+            if max_length is None:
+                raise ValueError("generate() needs max_new_tokens (or max_length)")
+            max_new_tokens = max_length - input_ids.size(1)
+        if max_new_tokens < 1:
+            return input_ids
+        eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
+        if eos and pad_token_id is None:
+            pad_token_id = eos[0]
+        warpers = LogitsProcessorList()
+        if do_sample:
+            if temperature is not None and temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(temperature))
+            if top_k:
+                warpers.append(TopKLogitsWarper(top_k))
+            if top_p is not None and top_p < 1.0:
+                warpers.append(TopPLogitsWarper(top_p))
+
+        attention_mask, position_ids = self._mask_and_positions(input_ids, attention_mask, None)
+        decoder = _CachedDecoder(self, input_ids, attention_mask, position_ids) if use_cache else None
+        sequences, mask = input_ids, attention_mask
+        finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
+        logits = decoder.prefill_logits if decoder is not None else None
+        for step in range(max_new_tokens):
+            if decoder is None:
+                logits = self._uncached_next_token_logits(sequences, mask)
+            elif step > 0:
+                logits = decoder.append(sequences[:, -1])
+            scores = warpers(sequences, logits.float())
+            if do_sample:
+                next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
+            else:
+                next_tokens = scores.argmax(dim=-1)
+            if eos:
+                next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_token_id), next_tokens)
+                finished |= torch.isin(next_tokens, torch.tensor(eos, device=next_tokens.device))
+            sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            if stopping_criteria is not None:
+                for criterion in stopping_criteria:
+                    finished |= torch.as_tensor(criterion(sequences, scores), device=finished.device)
+            if (eos or stopping_criteria is not None) and bool(finished.all()):
+                break
+        return sequences
+
+    def _uncached_next_token_logits(self, sequences: Tensor, mask: Tensor) -> Tensor:
+        """[b, L] -> [b, V] logits for the next token, recomputing the whole sequence."""
+        rounds = self.config.num_latent_thoughts * sequences.size(1)  # J >= N*L: sequential
+        return self.forward(sequences, attention_mask=mask, num_jacobi_rounds=rounds).logits[:, -1]
+
+
+class _CachedDecoder:
+    """KV-cached decoding state of one ``generate`` call.
+
+    ponder: S+1 DynamicCaches, cache k holds pass k's keys/values of every position so far.
+    latent: one DynamicCache over the slot sequence, N+1 entries per token.
+    """
+
+    def __init__(self, model: PonderLMForCausalLM, input_ids: Tensor, attention_mask: Tensor,
+                 position_ids: Tensor):
+        self.model = model
+        config = model.config
+        self.latent = config.ponder_mode == "latent"
+        self.slots_per_token = config.num_latent_thoughts + 1 if self.latent else 1
+        self.caches = [model._new_cache() for _ in range(1 if self.latent else config.ponder_steps + 1)]
+        self.slot_mask = attention_mask[:, :0]  # [b, slots so far]
+        self.last_position = position_ids[:, -1:]  # [b, 1]
+        self.prefill_logits = self._prefill(input_ids, attention_mask, position_ids)  # [b, V]
+
+    def append(self, tokens: Tensor) -> Tensor:
+        """Feed one new token per row [b]; returns the logits for the token after it [b, V]."""
+        position = self.last_position + 1
+        self.last_position = position
+        token_mask = torch.ones_like(self.slot_mask[:, :1])
+        return self._feed(tokens[:, None], token_mask, position)[:, -1]
+
+    def _prefill(self, input_ids, attention_mask, position_ids) -> Tensor:
+        if not self.latent:
+            return self._feed(input_ids, attention_mask, position_ids)[:, -1]
+        # Latent: a prompt token's thoughts depend on all earlier thoughts, so the prompt is fed
+        # slot by slot too (one pass of total length (N+1)P, as single-slot steps).
+        for index in range(input_ids.size(1)):
+            logits = self._feed(input_ids[:, index:index + 1], attention_mask[:, index:index + 1],
+                                position_ids[:, index:index + 1])
+        return logits[:, -1]
+
+    def _feed(self, tokens: Tensor, token_mask: Tensor, positions: Tensor) -> Tensor:
+        """Run tokens [b, t] (latent: t = 1) through the cached passes -> logits [b, t, V]."""
+        model = self.model
+        token_inputs = model.embed_tokens(tokens, positions)
+        if not self.latent:
+            self.slot_mask = torch.cat([self.slot_mask, token_mask], dim=1)
+            return model._ponder_logits(token_inputs, positions, self.slot_mask, self.caches)
+        slot_input = token_inputs
+        for _ in range(self.slots_per_token):  # token slot, then thought 1..N
+            self.slot_mask = torch.cat([self.slot_mask, token_mask], dim=1)
+            slot_input = model.transformer_pass(slot_input, positions, self.slot_mask, self.caches[0])
+        return model.output_logits(slot_input)  # output of the last thought slot
