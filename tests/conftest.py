@@ -1,4 +1,4 @@
-"""Shared fixtures: Megatron-Core initialised as a world of one on CPU (gloo)."""
+"""Shared fixtures: Megatron-Core initialised as a world of one on CPU (gloo); one intra-op thread."""
 
 import pytest
 import torch
@@ -11,6 +11,15 @@ def megatron_world_of_one():
 
     initialize_parallel()
     yield
+
+
+@pytest.fixture
+def single_intra_op_thread():
+    """One intra-op thread for tiny-model tests: on 2 cores thread sync dominates otherwise."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def causal_mask(length: int) -> torch.Tensor:

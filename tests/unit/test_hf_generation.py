@@ -21,6 +21,8 @@ import sys
 import pytest
 from hf_tiny_models import ARCHITECTURES, save_ponder_lm, tiny_ponder_lm
 
+pytestmark = pytest.mark.usefixtures("single_intra_op_thread")
+
 MODES = {"ponder": {"ponder_steps": 2}, "latent1": {"num_latent_thoughts": 1}, "latent2": {"num_latent_thoughts": 2}}
 CASES = [(arch, mode) for arch in ARCHITECTURES for mode in MODES]
 

@@ -15,6 +15,8 @@ from hf_tiny_models import tiny_ponder_lm
 from reference.methods import latent_loss, ponder_loss
 from reference.model import ReferenceArch, ReferenceModel
 
+pytestmark = pytest.mark.usefixtures("single_intra_op_thread")
+
 VOCAB, LENGTH, BATCH = 64, 7, 2
 
 REFERENCE_ARCH = {

@@ -13,6 +13,8 @@ from hf_tiny_models import save_ponder_lm, tiny_ponder_lm
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+pytestmark = pytest.mark.usefixtures("single_intra_op_thread")
+
 REPO = Path(__file__).resolve().parents[2]
 TEXT = (
     "Question: Which technology was developed most recently? Answer: cellular telephone. "
