@@ -245,7 +245,7 @@ def _check_split(split: str, sequences: Dict[str, int], sizes: List[Optional[int
         raise DataError(f"--split {split!r} has no positive part: use e.g. 969,30,1")
     matrix = convert_split_vector_to_split_matrix([v / sum(vector) for v in vector])
     for prefix, count in sequences.items():
-        for name, bounds, size in zip(_SPLIT_NAMES, matrix, sizes):
+        for name, bounds, size in zip(_SPLIT_NAMES, matrix, sizes, strict=True):
             if bounds is None or not size:
                 continue
             # The same rounding as BlendedMegatronDatasetBuilder._build_megatron_dataset_splits.

@@ -149,7 +149,7 @@ class ChunkTokenizer:
         """[(token ids int64 [n_i], input bytes)] per record; empty text gives n_i = 0."""
         texts = [self.text_of(record) for record in chunk]
         out = []
-        for ids, record in zip(self.tokenizer.tokenize_batch(texts), chunk):
+        for ids, record in zip(self.tokenizer.tokenize_batch(texts), chunk, strict=True):
             if ids and self.append_eod:
                 ids = ids + [self.tokenizer.eod]
             out.append((np.asarray(ids, dtype=np.int64), len(record[2])))

@@ -1,11 +1,11 @@
 """The benchmark scripts run end to end on a tiny model and print well-formed tables."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from torchrun import child_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,14 +22,14 @@ def table(report: str, header_start: str):
             break
         cells = [cell.strip() for cell in line.strip("|").split("|")]
         assert len(cells) == len(header), line
-        rows.append(dict(zip(header, cells)))
+        rows.append(dict(zip(header, cells, strict=True)))
     return rows
 
 
 @pytest.mark.slow
 def test_mode_cost_benchmark_tiny(tmp_path):
     output = tmp_path / "mode_cost.md"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = child_env()  # one thread; no MASTER_PORT of this process's own world of one
     printed = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "mode_cost.py"), "--tiny", "--repeats", "1",
          "--modes", "none,ponder S=2,latent N=1 J=1", "--recomputes", "off,full", "--output", str(output)],

@@ -31,7 +31,7 @@ def test_dali_gpu_batches_match_the_default_loader(megatron_world_of_one, tmp_pa
     default = MicrobatchStream(train, 8, 2, 1, 2)
     dali = DaliMicrobatchStream(train, 8, 2, 1, 2)  # device "auto": the current CUDA device
     for _ in range(12):
-        for want, got in zip(default.next_step(), dali.next_step()):
+        for want, got in zip(default.next_step(), dali.next_step(), strict=True):
             for key in ("tokens", "labels", "loss_mask", "position_ids"):
                 assert got[key].is_cuda
                 assert torch.equal(got[key].cpu(), want[key]), key

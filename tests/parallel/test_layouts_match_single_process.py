@@ -82,9 +82,9 @@ def test_layout_reproduces_single_process(single_process_runs, tmp_path, style, 
     got = json.loads(out.read_text())
     for mode in modes:
         assert len(got[mode]["losses"]) == 3
-        for step, (loss, want) in enumerate(zip(got[mode]["losses"], expected[mode]["losses"])):
+        for step, (loss, want) in enumerate(zip(got[mode]["losses"], expected[mode]["losses"], strict=True)):
             assert _relative(loss, want) < 1e-5, (mode, step, loss, want)
-        for step, (norm, want) in enumerate(zip(got[mode]["grad_norms"], expected[mode]["grad_norms"])):
+        for step, (norm, want) in enumerate(zip(got[mode]["grad_norms"], expected[mode]["grad_norms"], strict=True)):
             assert _relative(norm, want) < 1e-5, (mode, step, norm, want)
     # The runs must differ between modes, or equal numbers would prove nothing about the passes.
     assert len({round(got[mode]["losses"][0], 6) for mode in modes}) == len(modes)

@@ -121,7 +121,7 @@ def latent_loss(
         H = model.body(interleave(token_slots, thoughts), full_positions)
         new = [H[:, token_index * (N + 1) + (k - 1)] for k in range(1, N + 1)]
         residuals.append(
-            torch.stack([(n - o).float().pow(2) for n, o in zip(new, thoughts)]).mean().item()
+            torch.stack([(n - o).float().pow(2) for n, o in zip(new, thoughts, strict=True)]).mean().item()
         )
         thoughts = new
 

@@ -46,7 +46,7 @@ def _assert_same_steps(default, dali, steps):
     for step in range(steps):
         expected, actual = default.next_step(), dali.next_step()
         assert len(expected) == len(actual)
-        for want, got in zip(expected, actual):
+        for want, got in zip(expected, actual, strict=True):
             assert got["attention_mask"] is None
             for key in KEYS:
                 assert got[key].dtype == want[key].dtype, key
@@ -97,7 +97,7 @@ def test_dali_resumes_at_the_same_sample(megatron_world_of_one, prefixes, tmp_pa
     resumed = DaliMicrobatchStream(train, 6, 3, 1, 2, consumed_samples=18, device_id=None)
     default = MicrobatchStream(train, 6, 3, 1, 2, consumed_samples=18)
     for step in uninterrupted[3:]:
-        for got, again, want in zip(step, resumed.next_step(), default.next_step()):
+        for got, again, want in zip(step, resumed.next_step(), default.next_step(), strict=True):
             for key in KEYS:
                 assert torch.equal(got[key], want[key]) and torch.equal(again[key], want[key]), key
     assert resumed.consumed_samples == first.consumed_samples == 36

@@ -5,6 +5,8 @@ computed slot by slot by the reference. Jacobi reaches it exactly after J = N*L 
 difference shrinks every round until it hits fp32 rounding.
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -30,7 +32,7 @@ def test_jacobi_converges_to_sequential_definition(megatron_world_of_one, style,
             errors.append(relative_error(loss, sequential))
     assert errors[0] > 1e-3, "initial thoughts already at the fixed point: test is not sensitive"
     assert errors[-1] < 1e-5, errors
-    for before, after in zip(errors, errors[1:]):
+    for before, after in itertools.pairwise(errors):
         if before > FP32_FLOOR:
             assert after < before, errors
 
@@ -58,6 +60,6 @@ def test_jacobi_residual_shrinks_on_a_briefly_trained_model(megatron_world_of_on
     residuals = [float(r) for r in model.last_jacobi_residuals]
     assert len(residuals) == 8
     assert residuals[0] > 1e-6
-    for before, after in zip(residuals, residuals[1:]):
+    for before, after in itertools.pairwise(residuals):
         if before > 1e-12:
             assert after < before, residuals

@@ -118,7 +118,7 @@ def test_vanilla_loss_and_gradients_match_megatron(megatron_world, name):
     assert len(grads) == sum(1 for _ in megatron_model.parameters())
     mapped = ReferenceModel(arch)
     load_megatron_state_dict(mapped, grads, arch)
-    for (pname, ref_p), (_, mapped_p) in zip(reference.named_parameters(), mapped.named_parameters()):
+    for (pname, ref_p), (_, mapped_p) in zip(reference.named_parameters(), mapped.named_parameters(), strict=True):
         torch.testing.assert_close(ref_p.grad, mapped_p, rtol=1e-5, atol=1e-6, msg=pname)
 
 
@@ -168,7 +168,7 @@ def test_latent_jacobi_reaches_sequential_definition(num_thoughts, length, posit
     model.zero_grad()
     jacobi, _ = latent_loss(model, tokens, labels, position_ids, num_thoughts, rounds, scale)
     jacobi.sum().backward()
-    for a, b in zip(seq_grads, (p.grad for p in model.parameters())):
+    for a, b in zip(seq_grads, (p.grad for p in model.parameters()), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-9)
 
 
