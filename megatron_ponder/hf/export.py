@@ -120,6 +120,7 @@ def ponder_config_fields(megatron_config, stock_config) -> dict:
         "input_embedding_scale": float(megatron_config.input_embedding_scale),
         # The exported table holds only real tokens (padding rows are dropped), so all rows mix.
         "ponder_vocab_size": stock_config.vocab_size,
+        "ponder_topk": megatron_config.ponder_topk,
     }
 
 

@@ -101,14 +101,31 @@ def test_export_mode_none_gives_megatron_logits(megatron_world_of_one, tmp_path,
     assert relative_error(hf_logits, megatron_logits[..., :VOCAB]) < 1e-4
 
 
+EXPORT_MODES = {
+    "ponder": dict(ponder_mode="ponder", ponder_steps=2),
+    # K=8 of 100 tokens: a dense mixture in the exported model would give other logits.
+    "ponder-topk": dict(ponder_mode="ponder", ponder_steps=2, ponder_topk=8),
+    "latent": dict(ponder_mode="latent", num_latent_thoughts=2, jacobi_eval_iters=2),
+}
+
+
 @pytest.mark.parametrize("style", ["llama", "gpt2", "neox"])
 @pytest.mark.parametrize("mode", ["ponder", "latent"])
 def test_export_ponder_and_latent_give_megatron_logits(megatron_world_of_one, tmp_path, style, mode):
-    extra = dict(ponder_steps=2) if mode == "ponder" else dict(num_latent_thoughts=2, jacobi_eval_iters=2)
-    model = tiny_megatron_checkpoint(style, tmp_path / "megatron", ponder_mode=mode, **extra)
+    _check_export_gives_megatron_logits(tmp_path, style, mode)
+
+
+def test_export_of_topk_mixing_gives_megatron_logits(megatron_world_of_one, tmp_path):
+    _check_export_gives_megatron_logits(tmp_path, "llama", "ponder-topk")
+
+
+def _check_export_gives_megatron_logits(tmp_path, style, mode):
+    flags = EXPORT_MODES[mode]
+    model = tiny_megatron_checkpoint(style, tmp_path / "megatron", **flags)
     out = export_checkpoint(str(tmp_path / "megatron"), str(tmp_path / "hf"))
     config = json.loads((out / "config.json").read_text())
-    assert config["model_type"] == "ponder_lm" and config["ponder_mode"] == mode
+    assert config["model_type"] == "ponder_lm" and config["ponder_mode"] == flags["ponder_mode"]
+    assert config["ponder_topk"] == flags.get("ponder_topk")
     assert config["backbone_config"]["model_type"] == {"llama": "llama", "gpt2": "gpt2", "neox": "gpt_neox"}[style]
     with torch_factories_unpatched():
         hf_model = transformers.AutoModelForCausalLM.from_pretrained(

@@ -30,6 +30,8 @@ class PonderLMConfig(PretrainedConfig):
         input_embedding_scale: s, multiplier of the input embedding (and of the ponder mixture).
         ponder_vocab_size: embedding rows mixed in ponder mode; rows past it are vocabulary
             padding and get probability 0. None: every row.
+        ponder_topk: mix only the K most probable rows, softmax over their K logits (the
+            training run's ``--ponder-topk``); None: dense mixing over the whole vocabulary.
     """
 
     model_type = "ponder_lm"
@@ -44,6 +46,7 @@ class PonderLMConfig(PretrainedConfig):
         jacobi_eval_rounds: int = 3,
         input_embedding_scale: float = 1.0,
         ponder_vocab_size: int | None = None,
+        ponder_topk: int | None = None,
         **kwargs,
     ):
         if isinstance(backbone_config, PretrainedConfig):
@@ -56,6 +59,7 @@ class PonderLMConfig(PretrainedConfig):
         self.jacobi_eval_rounds = jacobi_eval_rounds
         self.input_embedding_scale = float(input_embedding_scale)
         self.ponder_vocab_size = ponder_vocab_size
+        self.ponder_topk = ponder_topk
         if self.backbone_config is not None:
             self._validate()
             backbone = self.backbone()
@@ -98,3 +102,5 @@ class PonderLMConfig(PretrainedConfig):
             fail("input_embedding_scale", f"must be > 0; got {self.input_embedding_scale!r}")
         if self.ponder_vocab_size is not None and self.ponder_vocab_size < 1:
             fail("ponder_vocab_size", f"must be >= 1 or None; got {self.ponder_vocab_size!r}")
+        if self.ponder_topk is not None and (not isinstance(self.ponder_topk, int) or self.ponder_topk < 1):
+            fail("ponder_topk", f"must be an integer >= 1 or None; got {self.ponder_topk!r}")

@@ -128,11 +128,20 @@ class PonderLMForCausalLM(PreTrainedModel):
         return self.get_output_embeddings()(hidden)
 
     def ponder_mixture(self, hidden: Tensor) -> Tensor:
-        """s * softmax(W_out h) @ E over the first ``ponder_vocab_size`` rows: [b, s, h] -> [b, s, h]."""
+        """s * softmax(W_out h) @ E over the first ``ponder_vocab_size`` rows: [b, s, h] -> [b, s, h].
+
+        With ``ponder_topk`` = K: softmax over the K largest logits only, and the weighted sum of
+        those K rows (``sum_j p_j E[id_j]``), as the Megatron model's top-K mixing.
+        """
         weight = self.get_input_embeddings().weight
         valid = self.config.ponder_vocab_size or weight.size(0)
-        probs = torch.softmax(self.output_logits(hidden)[..., :valid].float(), dim=-1)
-        mixture = probs.to(weight.dtype) @ weight[:valid]
+        logits = self.output_logits(hidden)[..., :valid].float()  # [b, s, V']
+        if self.config.ponder_topk is None:
+            mixture = torch.softmax(logits, dim=-1).to(weight.dtype) @ weight[:valid]
+        else:
+            values, ids = logits.topk(min(self.config.ponder_topk, valid), dim=-1)  # [b, s, K]
+            probs = torch.softmax(values, dim=-1).to(weight.dtype)
+            mixture = torch.einsum("bsk,bskh->bsh", probs, F.embedding(ids, weight))
         scale = self.config.input_embedding_scale
         return mixture if scale == 1.0 else mixture * scale
 
