@@ -293,7 +293,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
     if args.save:
-        _print_rank0(f"checkpoints: {args.save}")
+        _print_rank0(f"checkpoints: {args.save} (to Hugging Face: python tools/convert_checkpoint.py export "
+                     f"--load {args.save} --out HF_DIR)")
     if args.tensorboard_dir and importlib.util.find_spec("tensorboard") is not None:
         _print_rank0(f"tensorboard: {args.tensorboard_dir}")
     if summary["valid_losses"]:
