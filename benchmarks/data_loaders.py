@@ -72,15 +72,15 @@ def loader_tokens_per_second(make_stream, tokens_per_microbatch: int, seconds: f
 def training_tokens_per_second(train_set, steps: int) -> tuple:
     """(tokens/s, ms/step) of the default CPU run's train_step, one process with one thread."""
     from megatron_ponder.data.datasets import MicrobatchStream
-    from megatron_ponder.pretrain import _build_training_state, _model_config
+    from megatron_ponder.pretrain import build_training_state, model_config
     from megatron_ponder.training.arguments import parse_args, validate_args
     from megatron_ponder.training.step import train_step
 
     args = parse_args(["--mock-data", "--vocab-size", str(VOCAB + 175)])  # the default run's flags otherwise
     validate_args(args, 1)
     args.tokenizer_vocab_size = VOCAB
-    config = _model_config(args)
-    _, chunks, optimizer, _ = _build_training_state(args, config)
+    config = model_config(args)
+    _, chunks, optimizer, _ = build_training_state(args, config)
     stream = MicrobatchStream(train_set, args.global_batch_size, args.micro_batch_size, 0, 1)
     wall, cpu = [], []
     for iteration in range(steps + 2):

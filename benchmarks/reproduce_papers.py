@@ -64,8 +64,7 @@ def common_flags(args, data_dir: Path) -> List[str]:
 
 def parameter_counts(flags: List[str]) -> Dict[str, int]:
     """(total, embedding) parameters of the model these pretrain flags build (one process)."""
-    from megatron_ponder.model.architectures import build_ponder_gpt
-    from megatron_ponder.pretrain import _model_config
+    from megatron_ponder.pretrain import build_model, model_config
     from megatron_ponder.runtime.parallel_init import initialize_parallel
     from megatron_ponder.training.arguments import parse_args, validate_args
 
@@ -73,7 +72,7 @@ def parameter_counts(flags: List[str]) -> Dict[str, int]:
     args = parse_args(_without_data(flags) + ["--mock-data"])
     validate_args(args, 1)
     args.tokenizer_vocab_size = args.vocab_size
-    model = build_ponder_gpt(_model_config(args), args.architecture, args.vocab_size, args.max_position_embeddings)
+    model = build_model(args, model_config(args))
     total = sum(p.numel() for p in model.parameters())
     embedding = sum(p.numel() for name, p in model.named_parameters()
                     if "word_embeddings" in name or "output_layer" in name or "position_embeddings" in name)

@@ -54,9 +54,9 @@ def train_tiny_model(corpus_dir: str, iters: int):
                        "--train-iters", str(iters), "--micro-batch-size", "8", "--eval-iters", "0"])
     validate_args(args, world_size=1)
     initialize_parallel(seed=args.seed)
-    train_set, valid_set = pretrain._prepare_data(args)
-    config = pretrain._model_config(args)
-    model, chunks, optimizer, scheduler = pretrain._build_training_state(args, config)
+    train_set, valid_set = pretrain.prepare_data(args)
+    config = pretrain.model_config(args)
+    model, chunks, optimizer, scheduler = pretrain.build_training_state(args, config)
     stream = MicrobatchStream(train_set, args.global_batch_size, args.micro_batch_size, 0, 1)
     started = time.perf_counter()
     for iteration in range(iters):

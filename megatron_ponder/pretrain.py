@@ -25,7 +25,7 @@ def _print_rank0(*parts) -> None:
 
 
 # ---------------------------------------------------------------------------- set-up
-def _prepare_data(args):
+def prepare_data(args):
     """(train, valid) datasets for the chosen data source; sets the model vocabulary size."""
     from megatron_ponder.data.datasets import build_gpt_datasets, check_vocab_fits
     from megatron_ponder.data.tokenizer import build_tokenizer
@@ -123,7 +123,8 @@ def build_model(args, config):
                             transformer_impl=args.transformer_impl)
 
 
-def _build_training_state(args, config):
+def build_training_state(args, config):
+    """(model, DDP-wrapped chunks, optimizer, LR scheduler) for the run's flags (also used by benchmarks)."""
     from megatron.core.optimizer import OptimizerConfig
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
     from megatron.core.transformer.module import Float16Module
@@ -193,9 +194,9 @@ def train(args) -> dict:
     from megatron_ponder.training.run_logger import RunLogger
     from megatron_ponder.training.step import train_step
 
-    train_set, valid_set = _prepare_data(args)
+    train_set, valid_set = prepare_data(args)
     config = model_config(args)
-    model, chunks, optimizer, scheduler = _build_training_state(args, config)
+    model, chunks, optimizer, scheduler = build_training_state(args, config)
 
     start_iteration, consumed = 0, 0
     if args.load:
