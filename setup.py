@@ -33,6 +33,8 @@ setup(
         # --dataloader-type dali. The CUDA 13 wheel is the smaller one (~200 MB, pulls no CUDA
         # torch) and also runs the CPU-only pipelines used without a GPU.
         "dali": DALI,
+        # The same DALI for clusters whose NVIDIA driver predates CUDA 13 (GPU prefetch needs it).
+        "dali-cuda12": ["nvidia-dali-cuda120==2.4.0"],
         # GPU: Transformer Engine layers and FP8 (docs/gpu.md). megatron-core 0.16.1 supports
         # TE 2.9 - 2.11; transformer-engine-torch builds from source against the installed CUDA
         # torch, so install with --no-build-isolation (or use an NGC PyTorch container, which has it).

@@ -12,15 +12,18 @@ Who decides what:
 * Reading: a per-sample ``fn.external_source`` callback turns sample k of this rank's stream into
   its ``[seq_length + 1]`` token window with ``GPTDataset._query_document_sample_shuffle_indices``
   (slices of the ``.bin`` memmap, joined across document boundaries, padded with the pad id).
-  With ``py_workers > 0`` DALI runs that callback in worker processes, ahead of the training step.
+  With ``py_workers = 0`` (the default, and the only choice with CUDA) DALI calls it on the
+  training thread when the iterator schedules a batch (reads run ahead of use by the prefetch
+  depth, but on that thread); with ``py_workers > 0`` worker processes run it.
 * DALI: the window -> ``tokens``/``labels`` shift, ``loss_mask`` (0 where the label is padding),
   padding ids -> 0, ``position_ids``, batching into ``[micro_batch_size, seq_length]``, and a
   prefetch queue of ``prefetch_queue_depth`` microbatches built on DALI's threads while the model
   computes. With CUDA the outputs are copied to the GPU inside that queue (GPU prefetch).
 
 What it accelerates: no work is saved (the reads are Megatron's either way, and per CPU second the
-default loader is as cheap); reading and collation move off the training loop's thread and run
-ahead of the step, and on GPU the copy joins them. docs/benchmarks/data_loaders.md has the numbers.
+default loader is as cheap); collation (and, with worker processes, the reads) move off the
+training loop's thread and run ahead of the step, and on GPU the host-to-device copy joins them.
+docs/benchmarks/data_loaders.md has the numbers.
 """
 
 from __future__ import annotations

@@ -60,6 +60,9 @@ def hf_config_from_args(args: argparse.Namespace):
     style, eps = args.architecture, getattr(args, "norm_epsilon", 1e-5)
     theta = float(getattr(args, "rotary_base", 10000))
     common = dict(vocab_size=real_vocab_size(args), tie_word_embeddings=is_tied(args))
+    if style == "llama" and rotary_percent(args) != 1.0:
+        raise ConversionError(f"--rotary-percent {rotary_percent(args)} has no LlamaConfig equivalent (HF Llama "
+                              "rotates whole heads): only runs with full rotary export as llama")
     if style == "llama":
         return transformers.LlamaConfig(
             hidden_size=args.hidden_size,

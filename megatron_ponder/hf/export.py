@@ -140,8 +140,12 @@ def _write_ponder_folder(out: Path, megatron_config, hf_model) -> None:
 def run_tokenizer(args):
     """The run's tokenizer as an HF tokenizer, or None when it had none (mock data)."""
     path = getattr(args, "tokenizer_model", None)
-    if getattr(args, "tokenizer_type", None) != "HuggingFaceTokenizer" or not path or not os.path.exists(path):
+    if getattr(args, "tokenizer_type", None) != "HuggingFaceTokenizer" or not path:
         return None
+    if not os.path.exists(path):
+        # Exporting without it would silently give a folder with no tokenizer and no eos/bos ids.
+        raise ExportError(f"the run's tokenizer {path} is not there (moved, or relative to another working "
+                          "directory): run the export from the training run's directory or put it back")
     transformers = require("transformers")
     from megatron_ponder.data.tokenizer import EOD_TOKEN, TOKENIZER_FILE
 

@@ -101,7 +101,8 @@ def import_hf_model(
     if model.share_embeddings_and_output_weights:
         expected.discard("output_layer.weight")
     if set(weights) != expected:
-        raise ValueError(f"mapped weights do not match the Megatron model: missing {sorted(expected - set(weights))[:3]}, "
+        raise ConversionError(f"mapped weights do not match the Megatron model: "
+                              f"missing {sorted(expected - set(weights))[:3]}, "
                          f"extra {sorted(set(weights) - expected)[:3]}")
     with torch.no_grad():
         for name, param in model.state_dict(keep_vars=True).items():

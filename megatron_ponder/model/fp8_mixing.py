@@ -13,8 +13,12 @@ Scaling is per-tensor *current* scaling (TE's ``Float8CurrentScalingQuantizer``:
 E4M3_max / amax of the tensor being cast), whatever the recipe of the transformer layers: the
 probabilities change every pass, so a delayed (history) scale has nothing stable to track. The
 three GEMMs are the ones TE's own Linear issues (fprop ``TN``, dgrad ``NN``, wgrad ``NT``),
-called through Megatron-Core's ``te_general_gemm``. Shapes that FP8 GEMMs cannot take (a dim
-not a multiple of 16) fall back to the GEMM in the embedding's dtype.
+called through TE's ``general_gemm`` (the function Megatron-Core's ``te_general_gemm`` wraps)
+with the split accumulator on: the reductions here are long (V/tp ~ 50k terms in forward, s*b
+tokens in wgrad), and Hopper's fast FP8 accumulation, which ``te_general_gemm`` hard-codes,
+loses precision over such lengths (TE's own recipes use the split accumulator for dgrad and
+wgrad for the same reason). Shapes that FP8 GEMMs cannot take (a dim not a multiple of 16) fall
+back to the GEMM in the embedding's dtype.
 
 docs/benchmarks/vocab_mixing.md measures the error of E4M3 probabilities against fp32 on CPU.
 """
@@ -31,12 +35,24 @@ if _reason is not None:
     raise ImportError(f"FP8 vocabulary mixing needs Transformer Engine: {_reason}")
 
 import transformer_engine_torch as tex  # noqa: E402
-from megatron.core.extensions.transformer_engine import te_general_gemm  # noqa: E402
+from transformer_engine.pytorch.cpp_extensions import general_gemm  # noqa: E402
+from transformer_engine.pytorch.module.base import get_workspace  # noqa: E402
 from transformer_engine.pytorch.tensor.float8_tensor import Float8CurrentScalingQuantizer  # noqa: E402
 
 FP8_FORMATS = ("e4m3", "hybrid")
 # FP8 GEMMs (cuBLASLt) need every dimension to be a multiple of 16.
 FP8_GEMM_ALIGNMENT = 16
+
+
+def _fp8_gemm(A: Tensor, B: Tensor, out_dtype: torch.dtype, layout: str, grad: bool) -> Tensor:
+    """TE GEMM of two Float8Tensors with full-precision (split) accumulation.
+
+    Layouts as TE's: ``NN`` = B @ A, ``TN`` = B @ A^T, ``NT`` = B^T @ A.
+    """
+    return general_gemm(
+        A, B, workspace=get_workspace(), out_dtype=out_dtype, layout=layout, grad=grad,
+        use_split_accumulator=True,
+    )[0]
 
 
 def _quantize(tensor: Tensor, fp8_dtype) -> Tensor:
@@ -60,8 +76,8 @@ class FP8MixingMatmul(torch.autograd.Function):
         ctx.grad_fp8_dtype = tex.DType.kFloat8E5M2 if fp8_format == "hybrid" else tex.DType.kFloat8E4M3
         probs_fp8 = _quantize(probs_hp, tex.DType.kFloat8E4M3)
         weight_fp8 = _quantize(weight, tex.DType.kFloat8E4M3)
-        # te_general_gemm(A, B, layout="NN") = B @ A (the dgrad form of a Linear with weight A).
-        return te_general_gemm(weight_fp8, probs_fp8, out_dtype=weight.dtype, layout="NN")[0]
+        # "NN" = B @ A (the dgrad form of a Linear with weight A): p [M, V] @ E [V, h].
+        return _fp8_gemm(weight_fp8, probs_fp8, weight.dtype, layout="NN", grad=False)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -71,11 +87,11 @@ class FP8MixingMatmul(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             weight_fp8 = _quantize(weight, tex.DType.kFloat8E4M3)
             # layout "TN" = B @ A^T (fprop form): dout [M, h] @ E^T -> [M, V].
-            grad_probs = te_general_gemm(weight_fp8, grad_fp8, out_dtype=ctx.probs_dtype, layout="TN", grad=True)[0]
+            grad_probs = _fp8_gemm(weight_fp8, grad_fp8, ctx.probs_dtype, layout="TN", grad=True)
         if ctx.needs_input_grad[1]:
             probs_fp8 = _quantize(probs_hp, tex.DType.kFloat8E4M3)
             # layout "NT" = B^T @ A (wgrad form): p^T [V, M] @ dout [M, h] -> [V, h].
-            grad_weight = te_general_gemm(grad_fp8, probs_fp8, out_dtype=weight.dtype, layout="NT", grad=True)[0]
+            grad_weight = _fp8_gemm(grad_fp8, probs_fp8, weight.dtype, layout="NT", grad=True)
         return grad_probs, grad_weight, None
 
 
@@ -92,8 +108,6 @@ def fp8_mixing_matmul(probs: Tensor, weight: Tensor, fp8_format: str) -> Tensor:
     """
     if fp8_format not in FP8_FORMATS:
         raise ValueError(f"fp8 format must be one of {FP8_FORMATS}; got {fp8_format!r}")
-    if te_general_gemm is None:
-        raise ImportError("this Transformer Engine has no general_gemm: install a version megatron-core supports")
     leading = probs.shape[:-1]
     probs_2d = probs.reshape(-1, probs.size(-1))
     if any(dim % FP8_GEMM_ALIGNMENT for dim in (probs_2d.size(0), *weight.shape)):

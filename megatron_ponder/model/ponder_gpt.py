@@ -213,7 +213,9 @@ class PonderGPTModel(GPTModel):
         config = self.config
         tp_group = self.pg_collection.tp
         weight = self.mixing_embedding_weight()
-        logits = self.output_logits(hidden)
+        # Vocab-parallel logits [s, b, V/tp] whatever the model's output gathering: the mixture
+        # pairs them with this rank's V/tp embedding rows.
+        logits = self.output_logits(hidden, runtime_gather_output=False)
         vocab_start = tp_group.rank() * weight.size(0)
         if config.ponder_topk is not None:
             mixture = vocab_parallel_topk_mixture(

@@ -12,6 +12,8 @@ import argparse
 import os
 from typing import List, Optional, Sequence
 
+import torch
+
 from megatron_ponder.parallel.context_parallel import check_sequence_layout
 from megatron_ponder.training.presets import PRESETS
 
@@ -277,6 +279,14 @@ def _check_precision(args: argparse.Namespace, fail) -> None:
             fail("--fp8-format needs the Transformer Engine layers: drop --transformer-impl local")
         if not args.bf16:
             fail("--fp8-format needs --bf16 (FP8 GEMMs run inside a BF16 model)")
+        # Fail here rather than deep inside TE's first GEMM: FP8 tensor cores are Ada/Hopper
+        # (sm_89 / sm_90) and newer; MXFP8 block scaling is Blackwell (sm_100) and newer.
+        if torch.cuda.is_available():
+            capability = torch.cuda.get_device_capability()
+            needed = (10, 0) if args.fp8_recipe == "mxfp8" else (8, 9)
+            if capability < needed:
+                fail(f"--fp8-format with --fp8-recipe {args.fp8_recipe} needs compute capability "
+                     f"{needed[0]}.{needed[1]}+, this GPU has {capability[0]}.{capability[1]}: drop --fp8-format")
     if args.fp8_amax_history_len < 1:
         fail(f"--fp8-amax-history-len must be >= 1, got {args.fp8_amax_history_len}")
 

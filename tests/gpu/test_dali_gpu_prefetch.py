@@ -8,6 +8,7 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="DALI GPU prefetch needs CUDA"),
 ]
+pytest.importorskip("nvidia.dali", reason='DALI is not installed: pip install -e ".[dali]" (or ".[dali-cuda12]")')
 
 VOCAB, SEQ = 97, 16
 

@@ -186,6 +186,14 @@ def test_unsupported_hf_models_are_refused():
         megatron_flags_from_hf_config(transformers.BertConfig())
 
 
+def test_exports_without_an_hf_equivalent_are_refused(megatron_world_of_one, tmp_path):
+    # HF Llama rotates whole heads: a partial-RoPE llama run would export as a different model.
+    tiny_megatron_checkpoint("llama", tmp_path / "partial_rope", rotary_percent=0.5)
+    with pytest.raises(ConversionError, match="rotary-percent"):
+        export_checkpoint(str(tmp_path / "partial_rope"), str(tmp_path / "hf"))
+    assert not (tmp_path / "hf" / "model.safetensors").exists()
+
+
 def test_export_writes_the_runs_tokenizer(megatron_world_of_one, tmp_path):
     from megatron_ponder.data.tokenizer import train_bpe_tokenizer
 

@@ -76,6 +76,8 @@ class PonderLMConfig(PretrainedConfig):
 
     def backbone(self) -> PretrainedConfig:
         """The stock config object (LlamaConfig / GPTNeoXConfig / GPT2Config ...)."""
+        if self.backbone_config is None:
+            raise ValueError("PonderLMConfig.backbone_config is missing: pass the stock backbone config as a dict")
         fields = dict(self.backbone_config)
         model_type = fields.pop("model_type", None)
         if model_type is None:

@@ -109,18 +109,25 @@ class PonderLMForCausalLM(PreTrainedModel):
                 without it transformers reads repeated position ids as packed sequences.
             cache: the pass's KV cache (appended to in place), or None.
         """
+        silence_positions = None
         if self._learned_positions is not None:
             # The stock GPT-2 decoder adds wpe(position_ids) to whatever it is given; Megatron adds
-            # it once, inside E(x), and never to fed-back vectors. Subtracting it here leaves every
-            # slot with exactly the input Megatron's transformer sees (up to one fp rounding).
-            inputs = inputs - self._learned_positions(position_ids)
-        output = self._decoder(
-            inputs_embeds=inputs,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            past_key_values=cache,
-            use_cache=cache is not None,
-        )
+            # it once, inside E(x), and never to fed-back vectors. For this call wpe returns zeros,
+            # so every slot enters the layers exactly as in Megatron (in any dtype).
+            silence_positions = self._learned_positions.register_forward_hook(
+                lambda module, args, output: torch.zeros_like(output)
+            )
+        try:
+            output = self._decoder(
+                inputs_embeds=inputs,
+                position_ids=position_ids,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                use_cache=cache is not None,
+            )
+        finally:
+            if silence_positions is not None:
+                silence_positions.remove()
         return output.last_hidden_state
 
     def output_logits(self, hidden: Tensor) -> Tensor:
@@ -270,7 +277,8 @@ class PonderLMForCausalLM(PreTrainedModel):
             max_new_tokens / max_length: how many tokens to add / total length cap.
             do_sample, temperature, top_k, top_p: sampling (torch's global RNG: seed it).
             eos_token_id: int or list; a row that emitted it gets ``pad_token_id`` afterwards.
-                Default None: no early stop (pass ``tokenizer.eos_token_id`` to stop at EOS).
+                Default: ``self.generation_config.eos_token_id`` (as HF's ``generate``); no early
+                stop when neither is set.
             stopping_criteria: callables ``(input_ids, scores) -> bool | BoolTensor[b]``.
         """
         for name, value in kwargs.items():
@@ -282,6 +290,10 @@ class PonderLMForCausalLM(PreTrainedModel):
             max_new_tokens = max_length - input_ids.size(1)
         if max_new_tokens < 1:
             return input_ids
+        if eos_token_id is None:
+            eos_token_id = getattr(self.generation_config, "eos_token_id", None)
+        if pad_token_id is None:
+            pad_token_id = getattr(self.generation_config, "pad_token_id", None)
         eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
         if eos and pad_token_id is None:
             pad_token_id = eos[0]
@@ -309,8 +321,9 @@ class PonderLMForCausalLM(PreTrainedModel):
                 next_tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
             else:
                 next_tokens = scores.argmax(dim=-1)
-            if eos:
+            if pad_token_id is not None:  # rows finished by eos or a stopping criterion
                 next_tokens = torch.where(finished, torch.full_like(next_tokens, pad_token_id), next_tokens)
+            if eos:
                 finished |= torch.isin(next_tokens, torch.tensor(eos, device=next_tokens.device))
             sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
