@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.mapping import ShardedObject
+from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 
@@ -182,6 +184,23 @@ def save_weights_checkpoint(root: str, model, run_args: Dict[str, Any], iteratio
     return folder
 
 
+def without_absent_extra_state(model_state: Dict[str, Any], folder: str):
+    """``(model_state without the _extra_state objects the checkpoint lacks, their keys)``.
+
+    Transformer Engine modules keep their FP8 scaling state in ``_extra_state`` objects. A
+    checkpoint written with the local layers (a CPU run, a Hugging Face import) has the linear
+    layers' ones under the same keys, but not e.g. TE core attention's, while the weights are the
+    same (Megatron's local spec saves its norms under TE's names). Objects the checkpoint lacks are
+    not requested: those TE modules start with fresh FP8 state, as in a new run.
+    """
+    wanted = {k for k, v in model_state.items() if k.endswith("_extra_state") and isinstance(v, ShardedObject)}
+    if not wanted:
+        return model_state, set()
+    stored = {obj.key for obj in load_sharded_metadata(folder).values() if isinstance(obj, ShardedObject)}
+    absent = {k for k in wanted if model_state[k].key not in stored}
+    return {k: v for k, v in model_state.items() if k not in absent}, absent
+
+
 def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool, distributed_optimizer: bool) -> Optional[ResumeState]:
     """Restore the latest checkpoint under ``root`` into model/optimizer/scheduler (all ranks).
 
@@ -201,7 +220,7 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
             f"{folder} holds weights only (an imported model, no optimizer state): continue from it "
             "with --no-load-optim"
         )
-    model_state = model.sharded_state_dict()
+    model_state, absent_extra_state = without_absent_extra_state(model.sharded_state_dict(), folder)
     request = {"model": model_state}
     if load_optimizer:
         request["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_state, True, distributed_optimizer)
@@ -209,7 +228,10 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
         loaded = dist_checkpointing.load(request, folder)
     except Exception as error:  # dist_checkpointing raises many types; say which file and why
         raise CheckpointError(f"cannot load {folder}: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
-    model.load_state_dict(loaded["model"])
+    missing, unexpected = model.load_state_dict(loaded["model"], strict=False)
+    if set(missing) - absent_extra_state or unexpected:
+        raise CheckpointError(f"{folder} does not fit this model: missing {sorted(set(missing) - absent_extra_state)[:3]}, "
+                              f"unexpected {sorted(unexpected)[:3]}")
     if load_optimizer:
         workaround = _keep_adam_step_when_loading(optimizer) if distributed_optimizer else nullcontext()
         with torch.no_grad(), workaround:
