@@ -39,15 +39,15 @@ def initialize_parallel(
     if not dist.is_initialized():
         rank = int(os.environ.get("RANK", "0"))
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if "MASTER_ADDR" not in os.environ:
-            os.environ["MASTER_ADDR"] = "127.0.0.1"
-        if "MASTER_PORT" not in os.environ:
-            os.environ["MASTER_PORT"] = str(_free_port())
+        # A world of one picks a free local port itself, without writing it into os.environ:
+        # child processes (torchrun jobs, scripts) started later must not inherit it.
+        host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+        port = int(os.environ.get("MASTER_PORT") or _free_port())
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
-            store=_store_for_this_attempt(rank, world_size, timedelta(minutes=timeout_minutes)),
+            store=_store_for_this_attempt(host, port, rank, world_size, timedelta(minutes=timeout_minutes)),
             rank=rank,
             world_size=world_size,
             timeout=timedelta(minutes=timeout_minutes),
@@ -87,7 +87,7 @@ def shutdown_parallel() -> None:
     dist.destroy_process_group()
 
 
-def _store_for_this_attempt(rank: int, world_size: int, timeout: timedelta):
+def _store_for_this_attempt(host: str, port: int, rank: int, world_size: int, timeout: timedelta):
     """The rendezvous store, namespaced by torchrun's restart count.
 
     Under torchrun the agent hosts one TCPStore for the whole job. After ``--max-restarts``
@@ -95,7 +95,6 @@ def _store_for_this_attempt(rank: int, world_size: int, timeout: timedelta):
     addresses of rank 0 of each group) are still there under the same group names, so the new
     workers would connect to dead addresses. A per-attempt prefix keeps every attempt apart.
     """
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     agent_hosts_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
     store = dist.TCPStore(
         host, port, world_size, is_master=not agent_hosts_store and rank == 0, timeout=timeout,
