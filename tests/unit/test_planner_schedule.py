@@ -1,6 +1,7 @@
 """The planner's pipeline replay is Megatron's schedule; bubble, FLOPs, traffic and the CLI."""
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +18,7 @@ from megatron_ponder.planning.schedule import (
     step_passes,
 )
 from megatron_ponder.planning.shapes import Layout, Method, ModelShape, Precision, RunSpec, h100_cluster
-from megatron_ponder.planning.step_time import executed_flops
+from megatron_ponder.planning.step_time import executed_flops, link_bandwidth, predict_step_time
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,6 +78,28 @@ def test_pipeline_traffic_counts_every_pass_around_the_ring():
     sends = [step_traffic(run, layout, stage, 3).payload["pp"]["send"] for stage in range(4)]
     # Every microbatch crosses P*p - 1 boundaries forward and as many backward (docs/pipeline.md).
     assert sum(sends) == 2 * (passes * 4 - 1) * 8 * message
+
+
+def test_pipeline_runs_at_the_pace_of_its_last_stage():
+    # The last stage also runs the output layer and p @ E of every ponder pass: the step is timed
+    # by it, not by the mean FLOPs per GPU.
+    run = RunSpec(ModelShape.from_preset("pythia-1.4b"), Method("ponder", ponder_steps=3), 2048, 64)
+    layout = Layout(pp=8, dp=1, num_microbatches=64)
+    time = predict_step_time(run, layout, h100_cluster(8))
+    mean = executed_flops(run, "none", 0) / 8 / (989e12 * 0.40)
+    head_only = executed_flops(RunSpec(replace(run.model, num_layers=0), run.method, 2048, 64), "none", 0)
+    assert time.compute_s == pytest.approx(mean + head_only * 7 / 8 / (989e12 * 0.40))
+    assert time.step_s > time.compute_s / (1 - time.bubble)
+
+
+def test_groups_across_nodes_use_one_nic_per_rank_in_the_node():
+    cluster = h100_cluster(64)
+    # DP over 64 ranks, 8 per node: 8 NICs, capped by NVLink; TP8 leaves one DP rank per node.
+    assert link_bandwidth("dp", Layout(dp=64), cluster) == pytest.approx(min(450, 8 * 50) * 1e9)
+    assert link_bandwidth("dp", Layout(tp=8, dp=8), cluster) == pytest.approx(50e9)
+    assert link_bandwidth("dp", Layout(tp=2, dp=32), cluster) == pytest.approx(4 * 50e9)
+    assert link_bandwidth("dp", Layout(dp=8, pp=8), cluster) == pytest.approx(450e9)  # inside a node
+    assert link_bandwidth("pp", Layout(dp=8, pp=8), cluster) == pytest.approx(50e9)  # one NIC per message
 
 
 def test_distributed_optimizer_and_recompute_save_memory():
