@@ -102,6 +102,13 @@ def test_groups_across_nodes_use_one_nic_per_rank_in_the_node():
     assert link_bandwidth("pp", Layout(dp=8, pp=8), cluster) == pytest.approx(50e9)  # one NIC per message
 
 
+def test_selective_recompute_repeats_the_context_parallel_exchange():
+    run = RunSpec(SHAPE, Method("ponder", ponder_steps=2), 2048, 8, Precision("bf16", "local"))
+    gathered = {rc: step_traffic(run, Layout(cp=2, recompute=rc, num_microbatches=8), 0, 0).payload["cp"]["all_gather"]
+                for rc in ("none", "selective", "full")}
+    assert gathered["selective"] == gathered["full"] == 2 * gathered["none"]
+
+
 def test_distributed_optimizer_and_recompute_save_memory():
     run = RunSpec(SHAPE, Method("ponder", ponder_steps=3), 2048, 64, Precision("bf16"))
     plain = plan_memory(run, Layout(dp=8, distributed_optimizer=False))
