@@ -7,7 +7,7 @@ keeps its whole base alive), for the two kernel profiles of :class:`~.shapes.Pre
   input and statistics (torch's RMSNorm also its normalised input); every linear saves its input;
   attention saves q and the (GQA-expanded) k, v for the two batched GEMMs, the s x s softmax
   output (fp32, plus its cast when activations are 16-bit) and the s x s causal mask; RoPE saves
-  cos/sin per q and k; SwiGLU saves fc1's output, silu's output, the linear half plus its offset
+  cos/sin per q and k (of the rotated channels only under partial rotary); SwiGLU saves fc1's output, silu's output, the linear half plus its offset
   and fc2's input (5 x s*b*f), GeLU its input and fc2's input.
 * ``te`` (Transformer Engine on GPU): fused norm+linear saves input, normalised output and
   statistics; flash attention saves q, k, v (not expanded), its output and the softmax
@@ -18,6 +18,8 @@ Recompute (Megatron semantics): ``selective`` checkpoints core attention, which 
 its inputs q, k, v; ``full`` (uniform, one layer per checkpoint) keeps each layer's input. Both
 add a transient working set during backward (one layer recomputed). No dropout (p = 0, as the
 LLaMA/Pythia-style pretraining here is configured); dropout masks would add 1 byte per element.
+
+Parallel residual (GPT-NeoX): both norms read the layer input, whose storage counts once.
 
 Sizes: ``slots`` are the slots of one pass on this rank after the context-parallel split
 (k*L/cp for a pass with k slots per token); sequence parallelism divides the tensors outside
@@ -77,7 +79,7 @@ def _attention_bytes(ctx: ActivationContext, slots: int, batch: int, recompute: 
         return q + 2 * kv + proj_input + fp8_copy + lse
     rope = m.position_embedding_type == "rope"
     qkv_storage = q + 2 * kv
-    cos_sin = 4 * slots * m.kv_channels * e if rope else 0.0  # cos, sin for q and for k
+    cos_sin = 4 * slots * m.rotary_channels * e if rope else 0.0  # cos, sin for q and for k (rotated part)
     keys = slots * cp  # local attention all-gathers K/V over context parallelism
     if recompute == "selective":
         # checkpoint keeps its inputs: q, k (rotated: new tensors), v (a view of the qkv output)
@@ -111,10 +113,14 @@ def layer_bytes(ctx: ActivationContext, slots: int, batch: int, recompute: str) 
     """Bytes one transformer layer keeps for backward over ``slots`` local slots."""
     if recompute == "full":
         return slots * batch * ctx.model.hidden_size / ctx.sp_div * ctx.precision.activation_bytes
+    # Parallel residual (GPT-NeoX): both norms save the same layer input, stored once.
+    shared_input = 0.0
+    if ctx.model.parallel_residual:
+        shared_input = slots * batch * ctx.model.hidden_size / ctx.sp_div * ctx.precision.activation_bytes
     return (
         _norm_bytes(ctx, slots, batch, followed_by_linear=True)
         + _attention_bytes(ctx, slots, batch, recompute)
-        + _norm_bytes(ctx, slots, batch, followed_by_linear=True)
+        + _norm_bytes(ctx, slots, batch, followed_by_linear=True) - shared_input
         + _mlp_bytes(ctx, slots, batch)
     )
 
@@ -130,7 +136,7 @@ def rotary_table_bytes(ctx: ActivationContext, slots: int) -> float:
     """Full recompute checkpoints receive the pass's RoPE table [slots, 1, 1, d] as an input."""
     if ctx.model.position_embedding_type != "rope" or ctx.precision.kernels == "te":
         return 0.0
-    return slots * ctx.model.kv_channels * ctx.precision.activation_bytes
+    return slots * ctx.model.rotary_channels * ctx.precision.activation_bytes
 
 
 def embedding_bytes(ctx: ActivationContext, tokens: int, batch: int) -> float:

@@ -17,7 +17,7 @@ What is counted (Megatron-Core 0.16, this project's model and step):
   sum forward and backward) and the p @ E reduction; SP's norm/bias gradient all-reduce.
 * CP: K and V exchange per layer and pass (the project's local CP attention: all-gather
   forward, all-reduce of their gradients backward; TE ring attention: cp-1 sends of the local K, V forward, twice that
-  backward).
+  backward); full and selective recompute both re-run core attention, so its forward exchange twice.
 * PP: p2p messages of T*L/cp (/tp under SP) slots, P passes per microbatch (see
   docs/pipeline.md): a rank sends P forward messages per microbatch (the last stage P-1) and
   P backward (the first stage P-1); plus the tied / feedback embedding-gradient all-reduce
@@ -124,7 +124,8 @@ def _context_parallel(traffic: Traffic, run: RunSpec, layout: Layout, passes) ->
     layers = model.num_layers // layout.pp
     kv = 2 * model.num_query_groups * model.kv_channels / layout.tp * b * e  # K and V per slot
     m = layout.num_microbatches
-    forwards = 2 if layout.recompute == "full" else 1
+    # Both recompute policies re-run core attention, where the K/V exchange happens.
+    forwards = 1 if layout.recompute == "none" else 2
     for spec in passes:
         slots_local = spec.slots_per_token * run.seq_length // cp
         if run.precision.kernels == "te":

@@ -12,7 +12,6 @@ A layout fits when the most loaded GPU's total stays under ``usable_fraction`` o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Iterator, List, Optional
 
@@ -25,6 +24,8 @@ USABLE_FRACTION = 0.90
 # chunks leave the ring-attention kernels too little work to hide the K/V exchange (assumption).
 MIN_SLOTS_PER_CP_RANK = 1024
 RECOMPUTE_CHOICES = ("none", "selective", "full")
+# Plans within this speed ratio of the fastest are ties (below the model's resolution).
+TIE_TOLERANCE = 1.005
 
 
 @dataclass
@@ -102,8 +103,9 @@ def candidate_layouts(run: RunSpec, cluster: Cluster, micro_batch_sizes=(1, 2)) 
 def search_layouts(run: RunSpec, cluster: Cluster, utilisation: float = None, top: int = 10) -> List[Plan]:
     """Layouts that fit, fastest first.
 
-    Layouts within 0.5% of each other's speed count as ties (the model cannot tell them apart);
-    ties go to the simplest: least model parallelism (tp*pp*cp), no recompute, less memory.
+    Layouts at or above 1/1.005 of the fastest speed form one tie group (the model cannot tell
+    them apart), ordered by simplicity: least model parallelism (tp*pp*cp), no recompute, less
+    memory. The rest follow, fastest first.
     """
     plans = [plan_layout(run, layout, cluster, utilisation) for layout in candidate_layouts(run, cluster)]
     fitting = [plan for plan in plans if plan.fits]
@@ -112,9 +114,11 @@ def search_layouts(run: RunSpec, cluster: Cluster, utilisation: float = None, to
     fastest = max(plan.time.tokens_per_s for plan in fitting)
 
     def rank(plan: Plan):
-        speed_class = round(math.log(fastest / plan.time.tokens_per_s) / math.log(1.005))
         layout = plan.layout
-        return (speed_class, layout.tp * layout.pp * layout.cp, layout.recompute != "none", plan.memory.total)
+        simplicity = (layout.tp * layout.pp * layout.cp, layout.recompute != "none", plan.memory.total)
+        if plan.time.tokens_per_s >= fastest / TIE_TOLERANCE:
+            return (0, 0.0, *simplicity)
+        return (1, -plan.time.tokens_per_s, *simplicity)
 
     fitting.sort(key=rank)
     return fitting[:top]

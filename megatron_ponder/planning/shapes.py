@@ -33,6 +33,8 @@ class ModelShape:
     add_bias_linear: bool = True
     tied_embeddings: bool = True
     max_position_embeddings: int = 2048  # learned positions only
+    parallel_residual: bool = False  # GPT-NeoX: both norms read the layer input
+    rotary_percent: float = 1.0  # fraction of each head's channels RoPE rotates (neox: 0.25)
 
     def __post_init__(self):
         if self.num_query_groups is None:
@@ -47,9 +49,14 @@ class ModelShape:
     def kv_channels(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def rotary_channels(self) -> int:
+        """Channels per head RoPE rotates (Megatron: int(kv_channels * rotary_percent))."""
+        return int(self.kv_channels * self.rotary_percent)
+
     @classmethod
     def from_style(cls, style: str, vocab_size: int, max_position_embeddings: int = 2048, **sizes) -> ModelShape:
-        """A shape of architecture ``style`` (llama / gpt2, :mod:`megatron_ponder.model.architectures`)."""
+        """A shape of architecture ``style`` (llama / gpt2 / neox, :mod:`megatron_ponder.model.architectures`)."""
         from megatron_ponder.model.architectures import get_style
 
         chosen = get_style(style)
@@ -62,6 +69,8 @@ class ModelShape:
             add_bias_linear=fields.get("add_bias_linear", True),
             tied_embeddings=chosen.share_embeddings_and_output_weights,
             max_position_embeddings=max_position_embeddings,
+            parallel_residual=chosen.parallel_residual,
+            rotary_percent=chosen.rotary_percent,
             **sizes,
         )
 

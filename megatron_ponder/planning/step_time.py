@@ -1,22 +1,27 @@
 """FLOPs per step (every pass), predicted step time and tokens/s under a stated utilisation.
 
-    t_compute  = FLOPs executed per GPU (recompute included) / (peak x utilisation)
-    t_pipeline = t_compute / (1 - bubble),  bubble = (p-1) / (m*v + p-1)   (docs/pipeline.md)
-    t_step     = t_pipeline + t_TP + max(0, t_CP - t_compute) + max(0, t_PP - t_compute)
-                 + max(0, t_DP - t_compute / m)
+Per pipeline stage k (its TP x CP x DP ranks share the stage's work):
+    t_compute[k] = FLOPs executed on stage k per GPU (recompute included) / (peak x utilisation)
+                   (layers / p each; the output layer of every logits pass, and ponder's
+                   softmax + p @ E, on the last stage)
+    t_work[k]    = t_compute[k] + t_TP[k] + t_PP[k] + t_CP[k]   (t_CP: only its excess over
+                   t_compute[k] under TE ring attention, all of it for the local CP attention)
+    t_step       = max_k t_work[k] / (1 - bubble) + max_k t_DP[k],
+    bubble       = (p-1) / (m*v + p-1)   (docs/pipeline.md)
 
-TP/SP collectives sit on the critical path between GEMMs (no overlap assumed). CP's K/V exchange
-and PP's p2p are overlapped with compute, only their excess shows. DP gradient reduction overlaps
-the last microbatch's backward and the parameter all-gather the first microbatch's forward
-(Megatron's overlap_grad_reduce / overlap_param_gather): a window of about t_compute / m.
-Link time = wire bytes per rank / bandwidth, NVLink when the group fits in a node, else IB
-(Megatron's rank order tp-cp-dp-pp: TP innermost, PP outermost). J varies per step: time and
-FLOPs are averaged over the J range.
+The pipeline runs at the pace of its slowest stage. Communication is modelled as this project
+trains (pretrain sets none of Megatron's overlap flags, and overlap_grad_reduce cannot be turned
+on: every pass reuses the same parameters, so DDP's per-parameter grad-ready hooks would fire
+once per pass): TP/SP collectives sit between GEMMs; PP p2p is blocking as in Megatron's
+non-overlapped schedule (a stage waits for its send/recv before its next chunk), so it adds to
+every stage's work; DP gradient reduce-scatter (all-reduce) and the distributed optimizer's
+parameter all-gather run after the last backward, fully exposed. Link time = wire bytes per rank
+/ :func:`link_bandwidth`. J varies per step: time and FLOPs are averaged over the J range.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 from megatron_ponder.planning.communication import step_wire_bytes
@@ -60,16 +65,41 @@ def model_flops(run: RunSpec, jacobi_rounds: int) -> float:
     return executed_flops(run, "none", jacobi_rounds)
 
 
+def _stage_flops(run: RunSpec, recompute: str, jacobi_rounds: int, layout: Layout, stage: int) -> float:
+    """Executed FLOPs of one pipeline stage (all its TP x CP x DP ranks together).
+
+    The layers split evenly over the stages; the output layer of every pass that makes logits
+    (and in ponder mode the softmax + p @ E mixing) runs on the last stage. The embedding is a
+    lookup (no GEMM FLOPs) on the first stage.
+    """
+    total = executed_flops(run, recompute, jacobi_rounds)
+    no_layers = replace(run, model=replace(run.model, num_layers=0))
+    head = executed_flops(no_layers, recompute, jacobi_rounds)  # output layer (+ p @ E) only
+    return (total - head) / layout.pp + (head if stage == layout.pp - 1 else 0.0)
+
+
 def link_bandwidth(group: str, layout: Layout, cluster: Cluster) -> float:
-    """Bytes/s for a group: NVLink if all its ranks share a node, else InfiniBand."""
-    span = {
-        "tp": layout.tp,
-        "cp": layout.tp * layout.cp,
-        "dp": layout.tp * layout.cp * layout.dp,
-        "pp": layout.world_size if layout.tp * layout.cp * layout.dp < cluster.gpus_per_node else 10**9,
+    """Bytes/s per rank for a group's traffic.
+
+    Megatron's rank order tp-cp-dp-pp (TP innermost): a group of ``size`` ranks ``stride``
+    apart. Inside one node: NVLink. Across nodes, a collective's ring runs over the NICs of the
+    group's r ranks in each node in parallel (rail-optimised fabric, one NIC per GPU, NCCL
+    spreading channels over them): min(NVLink, r x InfiniBand per GPU) (an assumption). A PP
+    message leaves through one GPU's NIC: InfiniBand per GPU once the stages span nodes.
+    """
+    stride, size = {
+        "tp": (1, layout.tp),
+        "cp": (layout.tp, layout.cp),
+        "dp": (layout.tp, layout.cp * layout.dp),  # gradients reduce over DP x CP
+        "pp": (layout.tp * layout.cp * layout.dp, layout.pp),
     }[group]
-    gbps = cluster.intra_node_gbps if span <= cluster.gpus_per_node else cluster.inter_node_gbps
-    return gbps * 1e9
+    intra, inter = cluster.intra_node_gbps * 1e9, cluster.inter_node_gbps * 1e9
+    if stride * size <= cluster.gpus_per_node:
+        return intra
+    if group == "pp":
+        return inter
+    ranks_per_node = max(1, cluster.gpus_per_node // stride)
+    return min(intra, inter * ranks_per_node)
 
 
 @dataclass
@@ -77,7 +107,7 @@ class StepTime:
     flops: float  # executed per step (all GPUs), mean over J
     model_flops: float
     bubble: float
-    compute_s: float
+    compute_s: float  # slowest stage's compute per GPU
     comm_bytes: dict  # per parallelism, bytes one rank sends per step (worst stage)
     comm_s: dict  # per parallelism, link time (before overlap)
     step_s: float
@@ -93,16 +123,25 @@ def predict_step_time(run: RunSpec, layout: Layout, cluster: Cluster, utilisatio
     rows = []
     for rounds in range(lo, hi + 1):
         flops = executed_flops(run, layout.recompute, rounds)
-        compute = flops / layout.world_size / (peak * utilisation)
         bubble = bubble_fraction(layout.pp, layout.num_microbatches, len(step_passes(run.method, rounds)))
-        wire = {}
+        ranks_per_stage = layout.tp * layout.cp * layout.dp
+        wire, comm, chunk_work, dp_time, compute = {}, {}, 0.0, 0.0, 0.0
         for stage in range(layout.pp):
-            for group, nbytes in step_wire_bytes(run, layout, stage, rounds).items():
-                wire[group] = max(wire.get(group, 0.0), nbytes)
-        comm = {group: nbytes / link_bandwidth(group, layout, cluster) for group, nbytes in wire.items()}
-        step = compute / (1 - bubble) + comm.get("tp", 0.0)
-        step += max(0.0, comm.get("cp", 0.0) - compute) + max(0.0, comm.get("pp", 0.0) - compute)
-        step += max(0.0, comm.get("dp", 0.0) - compute / layout.num_microbatches)
+            stage_compute = _stage_flops(run, layout.recompute, rounds, layout, stage) / ranks_per_stage
+            stage_compute /= peak * utilisation
+            stage_wire = step_wire_bytes(run, layout, stage, rounds)
+            stage_comm = {g: nbytes / link_bandwidth(g, layout, cluster) for g, nbytes in stage_wire.items()}
+            for group in stage_wire:
+                wire[group] = max(wire.get(group, 0.0), stage_wire[group])
+                comm[group] = max(comm.get(group, 0.0), stage_comm[group])
+            cp = stage_comm.get("cp", 0.0)
+            if run.precision.kernels == "te":  # TE's ring attention overlaps its exchange
+                cp = max(0.0, cp - stage_compute)
+            work = stage_compute + stage_comm.get("tp", 0.0) + stage_comm.get("pp", 0.0) + cp
+            chunk_work = max(chunk_work, work)
+            compute = max(compute, stage_compute)
+            dp_time = max(dp_time, stage_comm.get("dp", 0.0))
+        step = chunk_work / (1 - bubble) + dp_time
         rows.append((flops, model_flops(run, rounds), bubble, compute, comm, step, wire))
     count = len(rows)
     mean = [sum(row[i] for row in rows) / count for i in (0, 1, 2, 3, 5)]

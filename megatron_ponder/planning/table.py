@@ -25,19 +25,28 @@ METHODS: List[Tuple[str, Method]] = [
 GPU_COUNTS = (8, 64, 512)
 
 
+HEADER = [
+    "| model | method | GPUs | recommended layout | memory/GPU (GiB) | bubble | tokens/s | MFU |",
+    "|---|---|---|---|---|---|---|---|",
+]
+
+
 def planning_table(seq_length: int = 2048, global_batch_size: int = 1024, precision: str = "bf16",
                    utilisation: float = None) -> str:
     """Markdown table: recommended layout, memory per GPU and predicted tokens/s."""
-    rows = [
-        "| model | method | GPUs | recommended layout | memory/GPU (GiB) | bubble | tokens/s | MFU |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for label, preset, vocab in MODELS:
+    return "\n".join(HEADER + planning_rows(seq_length, global_batch_size, precision, utilisation))
+
+
+def planning_rows(seq_length: int = 2048, global_batch_size: int = 1024, precision: str = "bf16",
+                  utilisation: float = None, models=MODELS, methods=METHODS, gpu_counts=GPU_COUNTS) -> List[str]:
+    """The table's rows for the given models, methods and GPU counts (a subset for tests)."""
+    rows = []
+    for label, preset, vocab in models:
         shape = ModelShape.from_preset(preset, vocab_size=vocab, seq_length=seq_length)
         label = f"{label} ({preset}, {total_params(shape) / 1e9:.2f}B)"
-        for method_label, method in METHODS:
+        for method_label, method in methods:
             run = RunSpec(shape, method, seq_length, global_batch_size, Precision(precision, "te"))
-            for gpus in GPU_COUNTS:
+            for gpus in gpu_counts:
                 best = search_layouts(replace(run), h100_cluster(gpus), utilisation, top=1)
                 if not best:
                     rows.append(f"| {label} | {method_label} | {gpus} | does not fit | | | | |")
@@ -48,4 +57,4 @@ def planning_table(seq_length: int = 2048, global_batch_size: int = 1024, precis
                     f"{plan.memory.total / GIB:.1f} | {plan.time.bubble:.1%} | {plan.time.tokens_per_s:,.0f} | "
                     f"{plan.time.mfu:.1%} |"
                 )
-    return "\n".join(rows)
+    return rows

@@ -33,7 +33,7 @@ LAYOUTS = {
     "pp2_tied": dict(style="gpt2", tp=1, pp=2, sp=False, distributed_optimizer=False,
                      cases=["ponder:none", "latent1:selective"]),
     "dp2_distopt": dict(style="gpt2", tp=1, pp=1, sp=False, distributed_optimizer=True, cases=["latent1:none"]),
-    "cp2": dict(style="llama", tp=1, pp=1, cp=2, sp=False, distributed_optimizer=False, cases=["latent1:full"]),
+    "cp2": dict(style="llama", tp=1, pp=1, cp=2, sp=False, distributed_optimizer=False, cases=["latent1:full", "latent1:selective"]),
 }
 SEQ_LENGTH, MICRO_BATCH, MICROBATCHES = 8, 2, 2  # as in the worker
 TOLERANCE = {"tp": 0.01, "pp": 0.01, "cp": 0.01, "dp": 0.05}

@@ -2,7 +2,8 @@
 
 Activation memory = peak bytes of storages autograd saves for backward over a forward+backward
 (tests/saved_tensor_probe.py); parameter memory = bytes of the model's parameters. Every mode,
-recompute none / selective / full, both architecture styles; tolerance 10% (observed < 1%).
+recompute none / selective / full, the three architecture styles (neox: parallel residual, partial
+rotary); tolerance 10% (observed < 1%).
 """
 
 import pytest
@@ -27,7 +28,7 @@ RECOMPUTE = {
 BATCH, LENGTH = 2, 8
 
 
-@pytest.mark.parametrize("style", ["llama", "gpt2"])
+@pytest.mark.parametrize("style", ["llama", "gpt2", "neox"])
 @pytest.mark.parametrize("mode", list(METHODS))
 def test_predicted_memory_matches_saved_tensors(megatron_world_of_one, style, mode):
     run = tiny_run(style, mode, LENGTH, BATCH)
@@ -42,6 +43,8 @@ def test_predicted_memory_matches_saved_tensors(megatron_world_of_one, style, mo
         plan = plan_memory(run, Layout(recompute=recompute, micro_batch_size=BATCH))
         measured[recompute] = probe.peak
         assert plan.activations == pytest.approx(probe.peak, rel=0.10), recompute
+        if style == "neox":  # ignoring the shared norm input / partial rotary would be ~10% off
+            assert plan.activations == pytest.approx(probe.peak, rel=0.02), recompute
         assert plan.weights == parameter_bytes(model)
     # The measurement itself must show what recompute is for.
     assert measured["full"] < measured["selective"] < measured["none"]
