@@ -4,10 +4,8 @@ same sample."""
 
 import json
 
-import numpy as np
 import pytest
-import torch
-
+from indexed_documents import write_random_documents
 from torchrun import run_torchrun
 
 PRETRAIN = "-m megatron_ponder.pretrain"
@@ -26,16 +24,7 @@ def _losses(metrics_file):
 @pytest.fixture(scope="module")
 def data_prefix(tmp_path_factory):
     """80 random documents written with Megatron's IndexedDatasetBuilder (about 3 epochs are read)."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    prefix = str(tmp_path_factory.mktemp("dali_e2e") / "docs")
-    rng = np.random.default_rng(0)
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    for _ in range(80):
-        tokens = np.append(rng.integers(0, VOCAB - 1, rng.integers(4, 30)), VOCAB - 1)
-        builder.add_document(torch.from_numpy(tokens), [len(tokens)])
-    builder.finalize(prefix + ".idx")
-    return prefix
+    return write_random_documents(str(tmp_path_factory.mktemp("dali_e2e") / "docs"), 80, VOCAB, lengths=(4, 30))
 
 
 @pytest.mark.slow

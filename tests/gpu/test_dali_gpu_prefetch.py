@@ -1,8 +1,8 @@
 """DALI GPU prefetch: with CUDA the DALI loader hands over CUDA tensors equal to the default loader's."""
 
-import numpy as np
 import pytest
 import torch
+from indexed_documents import write_random_documents
 
 pytestmark = [
     pytest.mark.gpu,
@@ -14,19 +14,11 @@ VOCAB, SEQ = 97, 16
 
 
 def test_dali_gpu_batches_match_the_default_loader(megatron_world_of_one, tmp_path):
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
     from megatron_ponder.data.dali_loader import DaliMicrobatchStream
     from megatron_ponder.data.datasets import MicrobatchStream, build_gpt_datasets
     from megatron_ponder.data.tokenizer import NullTokenizer
 
-    prefix = str(tmp_path / "docs")
-    rng = np.random.default_rng(0)
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    for _ in range(40):
-        tokens = np.append(rng.integers(0, VOCAB - 1, rng.integers(3, 41)), VOCAB - 1)
-        builder.add_document(torch.from_numpy(tokens), [len(tokens)])
-    builder.finalize(prefix + ".idx")
+    prefix = write_random_documents(str(tmp_path / "docs"), 40, VOCAB)
     train, _, _ = build_gpt_datasets([prefix], "1,0,0", SEQ, 1234, NullTokenizer(VOCAB), (64, 0, 0),
                                      cache_dir=str(tmp_path / "cache"))
     default = MicrobatchStream(train, 8, 2, 1, 2)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from indexed_documents import write_random_documents
+
 from megatron_ponder.data.dali_loader import DaliMicrobatchStream, import_dali, read_window
 from megatron_ponder.data.datasets import MicrobatchStream, build_gpt_datasets
 from megatron_ponder.data.errors import DataError
@@ -15,24 +17,12 @@ VOCAB, SEQ = 97, 16
 KEYS = ("tokens", "labels", "loss_mask", "position_ids")
 
 
-def _write_indexed_dataset(prefix: str, documents: int, seed: int) -> None:
-    """Random documents (3..40 tokens, the last one EOD) with Megatron's own writer."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    rng = np.random.default_rng(seed)
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    for _ in range(documents):
-        tokens = rng.integers(0, VOCAB - 1, rng.integers(3, 41))
-        builder.add_document(torch.from_numpy(np.append(tokens, VOCAB - 1)), [len(tokens) + 1])
-    builder.finalize(prefix + ".idx")
-
-
 @pytest.fixture(scope="module")
 def prefixes(tmp_path_factory):
     root = tmp_path_factory.mktemp("dali_data")
     paths = [str(root / f"part{i}") for i in range(2)]
     for seed, path in enumerate(paths):
-        _write_indexed_dataset(path, 50, seed)
+        write_random_documents(path, 50, VOCAB, seed)
     return paths
 
 
