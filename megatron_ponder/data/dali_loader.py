@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from megatron_ponder.data.datasets import MicrobatchStream, rank_step_indices
+from megatron_ponder.data.datasets import check_stream_layout, rank_step_indices
 from megatron_ponder.data.errors import DataError
 
 INSTALL_HINT = 'pip install -e ".[dali]"'
@@ -155,9 +155,8 @@ class DaliMicrobatchStream:
         py_workers: int = 0,
     ) -> None:
         fn, types, pipeline_def, iterator_class = import_dali()
-        # The same argument checks (one-line DataErrors) as the default loader.
-        MicrobatchStream(dataset, global_batch_size, micro_batch_size, data_parallel_rank,
-                         data_parallel_size, consumed_samples)
+        num_microbatches = check_stream_layout(dataset, global_batch_size, micro_batch_size,
+                                               data_parallel_rank, data_parallel_size, consumed_samples)
         if device_id == "auto":
             device_id = torch.cuda.current_device() if torch.cuda.is_available() else None
         if py_workers > 0 and device_id is not None:
@@ -166,7 +165,7 @@ class DaliMicrobatchStream:
         seq_length, pad_id = window_layout(dataset)
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size
-        self.num_microbatches = global_batch_size // (micro_batch_size * data_parallel_size)
+        self.num_microbatches = num_microbatches
         self.consumed_samples = consumed_samples
         self.device_id = device_id
         source = RankWindowSource(dataset, consumed_samples, global_batch_size,

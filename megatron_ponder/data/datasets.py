@@ -294,6 +294,32 @@ def rank_step_indices(
     return [(start + i) % dataset_length for i in range(per_rank)]
 
 
+def check_stream_layout(dataset, global_batch_size: int, micro_batch_size: int, data_parallel_rank: int,
+                        data_parallel_size: int, consumed_samples: int) -> int:
+    """One-line DataErrors for a microbatch stream's arguments (both loaders); returns the
+    microbatches per step on each rank."""
+    if min(global_batch_size, micro_batch_size, data_parallel_size) < 1:
+        raise DataError(
+            f"batch sizes and data-parallel size must be positive, got global "
+            f"{global_batch_size}, micro {micro_batch_size}, data-parallel {data_parallel_size}"
+        )
+    if global_batch_size % (micro_batch_size * data_parallel_size) != 0:
+        raise DataError(
+            f"--global-batch-size {global_batch_size} is not a multiple of "
+            f"--micro-batch-size x data-parallel size = {micro_batch_size} x "
+            f"{data_parallel_size}: change one of them"
+        )
+    if not 0 <= data_parallel_rank < data_parallel_size:
+        raise DataError(
+            f"data-parallel rank {data_parallel_rank} outside 0..{data_parallel_size - 1}"
+        )
+    if consumed_samples < 0:
+        raise DataError(f"consumed_samples must be >= 0, got {consumed_samples}")
+    if dataset is None or len(dataset) == 0:
+        raise DataError("the dataset is empty: request more samples or check --data-path")
+    return global_batch_size // (micro_batch_size * data_parallel_size)
+
+
 class MicrobatchStream:
     """This rank's microbatches of successive global batches of a dataset.
 
@@ -313,32 +339,14 @@ class MicrobatchStream:
         data_parallel_size: int,
         consumed_samples: int = 0,
     ) -> None:
-        if min(global_batch_size, micro_batch_size, data_parallel_size) < 1:
-            raise DataError(
-                f"batch sizes and data-parallel size must be positive, got global "
-                f"{global_batch_size}, micro {micro_batch_size}, data-parallel {data_parallel_size}"
-            )
-        if global_batch_size % (micro_batch_size * data_parallel_size) != 0:
-            raise DataError(
-                f"--global-batch-size {global_batch_size} is not a multiple of "
-                f"--micro-batch-size x data-parallel size = {micro_batch_size} x "
-                f"{data_parallel_size}: change one of them"
-            )
-        if not 0 <= data_parallel_rank < data_parallel_size:
-            raise DataError(
-                f"data-parallel rank {data_parallel_rank} outside 0..{data_parallel_size - 1}"
-            )
-        if consumed_samples < 0:
-            raise DataError(f"consumed_samples must be >= 0, got {consumed_samples}")
-        if dataset is None or len(dataset) == 0:
-            raise DataError("the dataset is empty: request more samples or check --data-path")
+        self.num_microbatches = check_stream_layout(dataset, global_batch_size, micro_batch_size,
+                                                    data_parallel_rank, data_parallel_size, consumed_samples)
         self.dataset = dataset
         self.global_batch_size = global_batch_size
         self.micro_batch_size = micro_batch_size
         self.data_parallel_rank = data_parallel_rank
         self.data_parallel_size = data_parallel_size
         self.consumed_samples = consumed_samples
-        self.num_microbatches = global_batch_size // (micro_batch_size * data_parallel_size)
 
     def next_step(self) -> List[Dict[str, Optional[torch.Tensor]]]:
         """``num_microbatches`` dicts of ``tokens``/``labels``/``position_ids`` [b, L] int64,
