@@ -18,6 +18,13 @@ from reference.model import ReferenceArch, ReferenceModel
 
 VOCAB = 64
 MAX_POSITIONS = 32
+# PonderConfig fields of the tiny models' four method variants, as tests parametrise them.
+MODE_FIELDS = {
+    "none": dict(ponder_mode="none"),
+    "ponder": dict(ponder_mode="ponder", ponder_steps=2),
+    "latent1": dict(ponder_mode="latent", num_latent_thoughts=1),
+    "latent2": dict(ponder_mode="latent", num_latent_thoughts=2),
+}
 SIZES: Dict[str, Dict] = {
     # RMSNorm, SwiGLU, RoPE, GQA (4 heads, 2 groups), untied.
     "llama": dict(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=48),

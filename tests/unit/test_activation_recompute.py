@@ -4,14 +4,8 @@ mode: each pass of pondering and latent thoughts is recomputed exactly as it ran
 import pytest
 import torch
 
-from tiny_models import random_batch, tiny_model
+from tiny_models import MODE_FIELDS, random_batch, tiny_model
 
-MODES = {
-    "none": dict(ponder_mode="none"),
-    "ponder": dict(ponder_mode="ponder", ponder_steps=2),
-    "latent-N1": dict(ponder_mode="latent", num_latent_thoughts=1),
-    "latent-N2": dict(ponder_mode="latent", num_latent_thoughts=2),
-}
 RECOMPUTE = {
     "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
     "full-block": dict(recompute_granularity="full", recompute_method="block", recompute_num_layers=2),
@@ -30,10 +24,10 @@ def _gradients(style, mode_fields, recompute_fields):
 
 @pytest.mark.parametrize("style", ["llama", "gpt2"])
 @pytest.mark.parametrize("recompute", list(RECOMPUTE))
-@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("mode", list(MODE_FIELDS))
 def test_recompute_gives_bit_identical_gradients(megatron_world_of_one, mode, recompute, style):
-    loss, grads = _gradients(style, MODES[mode], {})
-    loss_recomputed, grads_recomputed = _gradients(style, MODES[mode], RECOMPUTE[recompute])
+    loss, grads = _gradients(style, MODE_FIELDS[mode], {})
+    loss_recomputed, grads_recomputed = _gradients(style, MODE_FIELDS[mode], RECOMPUTE[recompute])
     assert torch.equal(loss, loss_recomputed)
     assert grads.keys() == grads_recomputed.keys()
     for name in grads:

@@ -12,14 +12,8 @@ from megatron_ponder.planning.memory import plan_memory
 from megatron_ponder.planning.shapes import Layout
 from planning_shapes import METHODS, tiny_run
 from saved_tensor_probe import SavedTensorPeak, parameter_bytes
-from tiny_models import random_batch, tiny_model
+from tiny_models import MODE_FIELDS, random_batch, tiny_model
 
-MODE_FIELDS = {
-    "none": dict(ponder_mode="none"),
-    "ponder": dict(ponder_mode="ponder", ponder_steps=2),
-    "latent1": dict(ponder_mode="latent", num_latent_thoughts=1),
-    "latent2": dict(ponder_mode="latent", num_latent_thoughts=2),
-}
 RECOMPUTE = {
     "none": {},
     "selective": dict(recompute_granularity="selective"),
