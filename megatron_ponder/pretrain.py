@@ -240,8 +240,7 @@ def train(args) -> dict:
         if not result.skipped:
             scheduler.step(increment=args.global_batch_size)
         done = iteration + 1
-        flops = step_flops(config, args.seq_length, args.global_batch_size, args.vocab_size,
-                           model.jacobi_rounds() if config.ponder_mode == "latent" else 0)
+        flops = step_flops(config, args.seq_length, args.global_batch_size, args.vocab_size, result.jacobi_rounds)
         summary["train_losses"].append((done, result.loss))
         logger.log_step(done, result, optimizer.param_groups[0]["lr"], time.perf_counter() - started,
                         flops, stream.consumed_samples)
@@ -268,7 +267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
     from megatron_ponder.config import PonderConfigError
     from megatron_ponder.data.errors import DataError
-    from megatron_ponder.parallel.context_parallel import ContextParallelLayoutError
+    from megatron_ponder.sequence_layout import ContextParallelLayoutError
     from megatron_ponder.runtime.parallel_init import initialize_parallel, shutdown_parallel
     from megatron_ponder.training.arguments import ArgumentError, describe, parse_args, validate_args
     from megatron_ponder.training.checkpointing import CheckpointError

@@ -4,63 +4,56 @@ The embedding, the transformer block (``M``: input embeddings -> hidden states a
 norm) and the output layer are GPTModel's own modules; only ``forward`` changes:
 
 * ``none``:   GPTModel.forward, untouched.
-* ``ponder``: e_0 = s*E(x); S times: cur <- cur (or e_0) + s * softmax(W_out M(cur)) @ E.weight;
-              loss on W_out M(cur). The mixture is dense, FP8 or top-K (``ponder_mixture``).
-* ``latent``: N initial passes build the thoughts, J Jacobi rounds refine them over the
-              interleaved sequence, a final pass gives logits at each token's last thought.
+* ``ponder``, ``latent``: the passes of the step's plan (:mod:`megatron_ponder.model.passes`),
+  run one after the other on this stage by :meth:`PonderGPTModel.run_plan`. The mixture of
+  ponder feedback is dense, FP8 or top-K (:meth:`PonderGPTModel.ponder_mixture`).
 
 Activations are [s, b, h] as everywhere in Megatron-Core. Gradients flow through every pass.
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
-import torch
 from torch import Tensor
 
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 
 from megatron_ponder.config import PonderConfig
-from megatron_ponder.model.interleave import (
-    interleave_attention_mask,
-    interleave_position_ids,
-    interleave_thoughts,
-    jacobi_update,
-    last_slot_of_each_group,
+from megatron_ponder.model.feedback_embedding import (
+    FEEDBACK_KEY,
+    add_feedback_embedding,
+    tie_feedback_embedding_state_dict,
+)
+from megatron_ponder.model.passes import (
+    PassKind,
+    PassPlan,
+    SlotLayouts,
+    carried_state,
+    final_hidden,
+    first_stage_input,
+    jacobi_residual,
+    pass_feedback,
+    plan_for_config,
+    stack_residuals,
 )
 from megatron_ponder.model.vocab_mixing import (
     probability_weighted_embedding,
     vocab_parallel_softmax,
     vocab_parallel_topk_mixture,
 )
-from megatron_ponder.parallel.context_parallel import check_sequence_layout
-from megatron_ponder.parallel.feedback_embedding import (
-    FEEDBACK_KEY,
-    add_feedback_embedding,
-    tie_feedback_embedding_state_dict,
-)
+from megatron_ponder.sequence_layout import check_sequence_layout
 
 
 class PonderGPTModel(GPTModel):
-    """GPTModel whose forward runs the passes of ``config.ponder_mode``.
-
-    Extra state:
-        iteration: the training iteration, set by the training loop; in latent mode it selects J
-            via ``config.jacobi_rounds_for_iteration`` (identical on every rank).
-        last_jacobi_residuals: after a latent forward, one detached scalar per Jacobi round,
-            the mean squared change of the thoughts ||z^j - z^(j-1)||^2 / numel (this rank's
-            slots), i.e. the convergence curve of the fixed-point iteration.
-    """
+    """GPTModel whose forward runs the passes of ``config.ponder_mode``."""
 
     def __init__(self, config: PonderConfig, *args, **kwargs):
         if not isinstance(config, PonderConfig):
             raise TypeError("PonderGPTModel needs a PonderConfig (got a plain TransformerConfig)")
         super().__init__(config, *args, **kwargs)
         add_feedback_embedding(self)
-        self.iteration = 0
-        self.last_jacobi_residuals: List[Tensor] = []
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -79,14 +72,18 @@ class PonderGPTModel(GPTModel):
         loss_mask: Optional[Tensor] = None,
         padding_mask: Optional[Tensor] = None,
         num_jacobi_rounds: Optional[int] = None,
-    ) -> Tensor:
+        return_jacobi_residuals: bool = False,
+    ):
         """Per-token loss [b, L] when ``labels`` [b, L] is given, else logits [b, L, V(/tp)].
 
         Args:
             input_ids: [b, L] token ids.
             position_ids: [b, L] token positions (thought slots reuse their token's position).
             attention_mask: token-level mask [b|1, 1, L, L], True = masked, or None (causal).
-            num_jacobi_rounds: latent mode only; overrides J for this call.
+            num_jacobi_rounds: latent mode: J of this step (the training step passes
+                ``config.jacobi_rounds_for_iteration(iteration)``); None: ``jacobi_eval_rounds``.
+            return_jacobi_residuals: also return the Jacobi residuals of this forward, a
+                detached fp32 tensor [J] (empty outside latent mode): ``(output, residuals)``.
         """
         mode = self.config.ponder_mode
         if self.config.sequence_parallel and self.pre_process:
@@ -95,7 +92,7 @@ class PonderGPTModel(GPTModel):
                 input_ids.size(1), self.config.tensor_model_parallel_size, True, 1
             )
         if mode == "none":
-            return super().forward(
+            output = super().forward(
                 input_ids,
                 position_ids,
                 attention_mask,
@@ -109,6 +106,7 @@ class PonderGPTModel(GPTModel):
                 loss_mask=loss_mask,
                 padding_mask=padding_mask,
             )
+            return (output, stack_residuals([])) if return_jacobi_residuals else output
         unsupported = {
             "decoder_input": decoder_input,
             "inference_context": inference_context or inference_params,
@@ -123,15 +121,45 @@ class PonderGPTModel(GPTModel):
                 f"ponder_mode={mode!r} under pipeline parallelism runs pass by pass around the "
                 "pipeline ring: drive it with megatron_ponder.parallel.looped_pipeline, not forward()"
             )
-        if mode == "ponder":
-            logits = self._ponder_logits(input_ids, position_ids, attention_mask, runtime_gather_output)
-        else:
-            logits = self._latent_logits(
-                input_ids, position_ids, attention_mask, runtime_gather_output, num_jacobi_rounds
-            )
+        rounds = self.config.jacobi_eval_rounds if num_jacobi_rounds is None else num_jacobi_rounds
+        logits, residuals = self.run_plan(
+            plan_for_config(self.config, rounds), input_ids, position_ids, attention_mask,
+            runtime_gather_output,
+        )
         if labels is None:
-            return logits.transpose(0, 1).contiguous()  # [L, b, V] -> [b, L, V]
-        return self.compute_language_model_loss(labels, logits)
+            output = logits.transpose(0, 1).contiguous()  # [L, b, V] -> [b, L, V]
+        else:
+            output = self.compute_language_model_loss(labels, logits)
+        return (output, residuals) if return_jacobi_residuals else output
+
+    def run_plan(
+        self,
+        plan: PassPlan,
+        input_ids: Tensor,
+        position_ids: Tensor,
+        attention_mask: Optional[Tensor],
+        runtime_gather_output: Optional[bool] = None,
+    ) -> Tuple[Tensor, Tensor]:
+        """Every pass of ``plan`` on this (whole-model) stage: (logits [L, b, V/tp], residuals [J]).
+
+        The fed-back state goes from pass to pass as a tensor (see ``model/passes.py``); the
+        token embeddings and the slot layouts are built once for all passes.
+        """
+        token_inputs = self.input_embeddings(input_ids, position_ids)  # [L, b, h]
+        layouts = SlotLayouts(position_ids, attention_mask, self.rotary_for_positions)
+        state: Optional[Tensor] = None
+        residuals: List[Tensor] = []
+        for p in plan:
+            output = self.transformer_pass(
+                first_stage_input(p, token_inputs, state), *layouts(p.slots_per_token)
+            )
+            if p.kind is PassKind.FINAL:
+                return self.output_logits(final_hidden(p, output), runtime_gather_output), stack_residuals(residuals)
+            feedback = pass_feedback(p, output, carried_state(p, state), self)
+            if p.kind is PassKind.JACOBI_ROUND:
+                residuals.append(jacobi_residual(state, feedback))
+            state = feedback
+        raise ValueError("a pass plan ends with its FINAL pass")
 
     # ------------------------------------------------------------------ building blocks
     def input_embeddings(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
@@ -189,7 +217,7 @@ class PonderGPTModel(GPTModel):
         The stage that has the output layer does the feedback. With tied embeddings that stage
         holds the embedding table itself (Megatron keeps a synchronised copy on the last
         pipeline stage); untied models under pipeline parallelism keep a copy for this purpose
-        (:mod:`megatron_ponder.parallel.feedback_embedding`).
+        (:mod:`megatron_ponder.model.feedback_embedding`).
         """
         if self.pre_process:
             return self.embedding.word_embeddings.weight
@@ -233,70 +261,3 @@ class PonderGPTModel(GPTModel):
         scale = config.input_embedding_scale
         return mixture if scale == 1.0 else mixture * scale
 
-    # ------------------------------------------------------------------ ponder (PonderLM)
-    def _ponder_logits(
-        self,
-        input_ids: Tensor,
-        position_ids: Tensor,
-        attention_mask: Optional[Tensor],
-        runtime_gather_output: Optional[bool],
-    ) -> Tensor:
-        """S feedback passes then the final pass; returns final logits [L, b, V/tp]."""
-        config = self.config
-        first_input = self.input_embeddings(input_ids, position_ids)
-        rotary = self.rotary_for_positions(position_ids)
-        current = first_input
-        for _ in range(config.ponder_steps):
-            mixture = self.ponder_mixture(self.transformer_pass(current, attention_mask, rotary))
-            current = (current if config.ponder_accumulate else first_input) + mixture
-        hidden = self.transformer_pass(current, attention_mask, rotary)
-        return self.output_logits(hidden, runtime_gather_output)
-
-    # ------------------------------------------------------------------ latent (PonderLM-2)
-    def jacobi_rounds(self, override: Optional[int] = None) -> int:
-        """J for this forward: the override, else the per-iteration draw (train) or the eval J."""
-        if override is not None:
-            return override
-        if self.training:
-            return self.config.jacobi_rounds_for_iteration(self.iteration)
-        return self.config.jacobi_eval_rounds
-
-    def _latent_logits(
-        self,
-        input_ids: Tensor,
-        position_ids: Tensor,
-        attention_mask: Optional[Tensor],
-        runtime_gather_output: Optional[bool],
-        num_jacobi_rounds: Optional[int],
-    ) -> Tensor:
-        """Initial thoughts, J Jacobi rounds, final pass; logits at last thoughts [L, b, V/tp]."""
-        num_thoughts = self.config.num_latent_thoughts
-        rounds = self.jacobi_rounds(num_jacobi_rounds)
-        token_inputs = self.input_embeddings(input_ids, position_ids)  # [L, b, h]
-
-        def pass_over(thoughts: Tensor) -> Tensor:
-            """One transformer pass over tokens + their k thoughts: [L, k, b, h] -> [(k+1)L, b, h]."""
-            slots = thoughts.size(1) + 1
-            positions = interleave_position_ids(position_ids, slots)
-            return self.transformer_pass(
-                interleave_thoughts(token_inputs, thoughts),
-                interleave_attention_mask(attention_mask, slots),
-                self.rotary_for_positions(positions),
-            )
-
-        # Initial thoughts: thought k of every token is the output of the last slot of its group
-        # in a pass over the slots present so far (for N=1: one vanilla pass, z_i = H_i).
-        thoughts = token_inputs.new_empty(token_inputs.size(0), 0, *token_inputs.shape[1:])
-        for k in range(1, num_thoughts + 1):
-            new_thought = last_slot_of_each_group(pass_over(thoughts), k)
-            thoughts = torch.cat([thoughts, new_thought.unsqueeze(1)], dim=1)
-
-        residuals = []
-        for _ in range(rounds):
-            updated = jacobi_update(pass_over(thoughts), num_thoughts)
-            residuals.append((updated.detach() - thoughts.detach()).float().pow(2).mean())
-            thoughts = updated
-        self.last_jacobi_residuals = residuals
-
-        last_thoughts = last_slot_of_each_group(pass_over(thoughts), num_thoughts + 1)  # [L, b, h]
-        return self.output_logits(last_thoughts, runtime_gather_output)

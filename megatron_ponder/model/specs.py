@@ -29,7 +29,7 @@ from megatron.core.transformer.transformer_block import (
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_ponder.model.parallel_residual import ParallelResidualTransformerLayer
-from megatron_ponder.parallel.context_parallel import ContextParallelLocalAttention
+from megatron_ponder.model.context_parallel_attention import ContextParallelLocalAttention
 from megatron_ponder.runtime.transformer_engine import transformer_engine_unusable_reason
 
 TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")

@@ -1,62 +1,25 @@
-"""Context parallelism for the local (non-Transformer-Engine) spec, and CP batch slicing.
+"""Context parallelism: this rank's slice of a batch (Megatron's load-balanced split).
 
 Megatron splits a sequence for context parallelism into 2*cp chunks and gives rank r the chunks
-r and 2cp-1-r (load balance under causal attention). Megatron's own local attention refuses CP
-(only TE's attention implements it), so CPU runs use :class:`ContextParallelLocalAttention`:
-keys/values are all-gathered over the CP group and the causal mask is built from the global
-slot index of every local query and key.
-
-Latent mode needs nothing more: the batch is split at token level, and the model interleaves
-thoughts *after* the split, so each of the 2*cp chunks of the interleaved sequence holds whole
-token groups (L/2cp tokens, each followed by its N thoughts), which is exactly Megatron's split of
-the interleaved sequence. Positions travel with their tokens, so the rotary table built from the
-local position ids is the CP slice of the full table.
+r and 2cp-1-r (load balance under causal attention). Latent mode needs nothing more: the batch is
+split at token level, and the model interleaves thoughts *after* the split, so each of the 2*cp
+chunks of the interleaved sequence holds whole token groups (L/2cp tokens, each followed by its N
+thoughts), which is exactly Megatron's split of the interleaved sequence. Positions travel with
+their tokens, so the rotary table built from the local position ids is the CP slice of the full
+table. The core attention the local spec installs under CP is
+:mod:`megatron_ponder.model.context_parallel_attention`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Optional
 
-import torch
 import torch.distributed as dist
-from torch import Tensor
 
-from megatron.core import parallel_state, tensor_parallel
-from megatron.core.transformer.module import MegatronModule
+from megatron.core import parallel_state
 from megatron.core.utils import get_batch_on_this_cp_rank
 
-
-class ContextParallelLayoutError(ValueError):
-    """The sequence cannot be split into whole token groups for the requested parallel sizes."""
-
-
-def check_sequence_layout(
-    seq_length: int,
-    tensor_parallel_size: int,
-    sequence_parallel: bool,
-    context_parallel_size: int,
-    length_name: str = "seq_length",
-) -> None:
-    """Raise a one-line error unless every shard can hold whole token groups.
-
-    Shards are cut at token granularity (SP: L/tp tokens per rank; CP: 2*cp chunks of
-    L/(2cp) tokens) and thoughts are interleaved after the cut, so token groups stay whole exactly
-    when these token counts are integers. ``length_name`` is how the message names the length
-    (the command line passes ``--seq-length``).
-    """
-    if sequence_parallel and seq_length % tensor_parallel_size != 0:
-        raise ContextParallelLayoutError(
-            f"{length_name} {seq_length} is not divisible by tensor-parallel size "
-            f"{tensor_parallel_size}: sequence parallelism gives each rank L/tp whole tokens "
-            "(with their thoughts); pick a multiple"
-        )
-    chunks = 2 * context_parallel_size
-    if context_parallel_size > 1 and seq_length % chunks != 0:
-        raise ContextParallelLayoutError(
-            f"{length_name} {seq_length} is not divisible by 2 x context-parallel size = {chunks}: "
-            "context parallelism splits the sequence into 2*cp chunks of whole tokens; pick a multiple"
-        )
+from megatron_ponder.sequence_layout import ContextParallelLayoutError, check_sequence_layout
 
 
 def split_batch_for_context_parallel(
@@ -80,109 +43,3 @@ def split_batch_for_context_parallel(
     # Megatron's helper rewrites the dict in place; the looped pipeline reads every microbatch
     # once per pass, so split a copy.
     return get_batch_on_this_cp_rank(dict(batch), cp_group=cp_group)
-
-
-def global_slot_indices(local_length: int, cp_rank: int, cp_size: int, device=None) -> Tensor:
-    """Global sequence index of each local position under the 2*cp load-balanced split.
-
-    The local sequence is chunk ``cp_rank`` followed by chunk ``2*cp_size - 1 - cp_rank``.
-    """
-    chunk = local_length // 2
-    first = torch.arange(chunk, device=device) + cp_rank * chunk
-    second = torch.arange(chunk, device=device) + (2 * cp_size - 1 - cp_rank) * chunk
-    return torch.cat([first, second])
-
-
-class _AllGatherSequence(torch.autograd.Function):
-    """[s_local, ...] -> [cp, s_local, ...]; backward sums the gradients of all ranks."""
-
-    @staticmethod
-    def forward(ctx, local: Tensor, group: dist.ProcessGroup) -> Tensor:
-        ctx.group = group
-        gathered = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(gathered, local.contiguous(), group=group)
-        return torch.stack(gathered)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        grad = grad.contiguous()
-        # gloo has no reduce_scatter: all-reduce, then keep this rank's slice.
-        dist.all_reduce(grad, group=ctx.group)
-        return grad[dist.get_rank(ctx.group)], None
-
-
-def _to_global_order(gathered: Tensor) -> Tensor:
-    """[cp, s_local, ...] in rank order -> [2*cp*chunk, ...] in global sequence order."""
-    cp_size, local_length = gathered.shape[:2]
-    chunk = local_length // 2
-    chunks = [None] * (2 * cp_size)
-    for rank in range(cp_size):
-        chunks[rank] = gathered[rank, :chunk]
-        chunks[2 * cp_size - 1 - rank] = gathered[rank, chunk:]
-    return torch.cat(chunks)
-
-
-class ContextParallelLocalAttention(MegatronModule):
-    """Causal core attention over a context-parallel sequence, plain torch (CPU and any GPU).
-
-    Same constructor and forward signature as Megatron's ``DotProductAttention``.
-    Shapes: query [s_local, b, np, hn], key/value [s_local, b, ng, hn] -> [s_local, b, np*hn],
-    with np/ng the heads/query groups of this tensor-parallel rank.
-    """
-
-    def __init__(
-        self,
-        config,
-        layer_number: int,
-        attn_mask_type,
-        attention_type: str,
-        attention_dropout: Optional[float] = None,
-        softmax_scale: Optional[float] = None,
-        cp_comm_type: Optional[str] = None,
-        pg_collection=None,
-    ):
-        super().__init__(config=config)
-        tp_size = config.tensor_model_parallel_size
-        self.heads = config.num_attention_heads // tp_size
-        self.groups = config.num_query_groups // tp_size
-        self.head_dim = config.kv_channels
-        self.softmax_scale = softmax_scale or 1.0 / math.sqrt(self.head_dim)
-        dropout = config.attention_dropout if attention_dropout is None else attention_dropout
-        self.dropout = torch.nn.Dropout(dropout)
-
-    def forward(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        attention_mask: Optional[Tensor],
-        attn_mask_type=None,
-        attention_bias: Optional[Tensor] = None,
-        packed_seq_params=None,
-    ) -> Tensor:
-        if attention_mask is not None or attention_bias is not None or packed_seq_params is not None:
-            raise NotImplementedError(
-                "ContextParallelLocalAttention computes causal attention only (no mask, bias or packing)"
-            )
-        group = parallel_state.get_context_parallel_group()
-        cp_size = dist.get_world_size(group)
-        cp_rank = dist.get_rank(group)
-        key = _to_global_order(_AllGatherSequence.apply(key, group))
-        value = _to_global_order(_AllGatherSequence.apply(value, group))
-        if self.heads != self.groups:
-            key = key.repeat_interleave(self.heads // self.groups, dim=2)
-            value = value.repeat_interleave(self.heads // self.groups, dim=2)
-
-        scores = torch.einsum("sbnd,tbnd->bnst", query, key) * self.softmax_scale
-        query_index = global_slot_indices(query.size(0), cp_rank, cp_size, query.device)
-        key_index = torch.arange(key.size(0), device=query.device)
-        future = key_index[None, :] > query_index[:, None]  # [s_local, s_global]
-        probs = torch.softmax(scores.float().masked_fill(future, float("-inf")), dim=-1)
-        probs = probs.to(query.dtype)
-        if self.config.sequence_parallel:
-            probs = self.dropout(probs)
-        else:
-            with tensor_parallel.get_cuda_rng_tracker().fork():
-                probs = self.dropout(probs)
-        context = torch.einsum("bnst,tbnd->sbnd", probs, value)
-        return context.reshape(query.size(0), query.size(1), self.heads * self.head_dim)

@@ -9,16 +9,23 @@ them, so we hand it one thin :class:`PassChunk` per pass, all sharing the stage'
 
 What travels in the pipeline tensor (fixed shape, so the schedule needs no shape exchange):
   * between stages of pass v: the hidden states of its k_v*L slots, then the state the last
-    stage will need to build the feedback (ponder, accumulate: the running mixture sum; latent
-    initial pass v: the v thoughts already built), zero-padded to T*L slots;
+    stage will need to build the feedback (``Pass.carried_blocks``: ponder accumulate, the
+    running mixture sum; latent initial pass v, the v thoughts already built), zero-padded to
+    T*L slots;
   * last stage of pass v -> first stage of pass v+1 (the ring): the feedback (ponder: the
     mixture sum to add to e_0; latent: the thoughts of every token), zero-padded.
+
+The passes and what each does are the step's plan (:mod:`megatron_ponder.model.passes`), the
+same plan :meth:`PonderGPTModel.run_plan` runs on one stage; a :class:`PassChunk` adds only what
+is pipeline-specific: which stage builds the input and which the feedback, slicing and padding
+of the fixed-size message, and the carried state through the middle stages.
 State crosses passes only through these tensors, never through autograd edges between chunks:
 the schedule runs each chunk's backward on its own and would not see such edges.
 
 The first stage recomputes the token embeddings in every pass (the same E(x), so gradients add
 up exactly as with one shared tensor); the stage holding the output layer does the ponder
-feedback (its word-embedding rows: see ``PonderGPTModel.mixing_embedding_weight``).
+feedback (its word-embedding rows: see ``PonderGPTModel.mixing_embedding_weight``) and, in latent
+mode, measures the Jacobi residuals (it builds both the old and the new thoughts).
 
 Per pass and token, the slots are L (token-level) units; on a rank they are local units:
 L_local = L / cp / (tp under sequence parallelism).
@@ -27,7 +34,6 @@ L_local = L / cp / (tp under sequence parallelism).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -35,57 +41,22 @@ from torch import Tensor
 
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel.schedules import forward_backward_pipelining_with_interleaving
+from megatron.core.utils import unwrap_model
 
-from megatron_ponder.model.interleave import (
-    interleave_attention_mask,
-    interleave_position_ids,
-    interleave_thoughts,
-    jacobi_update,
-    last_slot_of_each_group,
+from megatron_ponder.model.passes import (
+    Pass,
+    PassKind,
+    PassPlan,
+    SlotLayouts,
+    carried_state,
+    final_hidden,
+    first_stage_input,
+    jacobi_residual,
+    message_blocks,
+    pass_feedback,
+    plan_for_config,
+    stack_residuals,
 )
-from megatron_ponder.model.wrappers import unwrap_model
-
-
-@dataclass(frozen=True)
-class PassSpec:
-    """One pass of a training step.
-
-    index: position in the step (= virtual pipeline stage).
-    kind: ``ponder`` (feeds back a mixture), ``initial_thoughts`` (builds thought k = index+1),
-        ``jacobi`` (one Jacobi round), ``final`` (the loss pass).
-    slots_per_token: k, the slots each token occupies in this pass's sequence.
-    carried_blocks: L-sized blocks of state carried through the stages beside the hidden states.
-    feedback_blocks: L-sized blocks sent from the last stage to the next pass (0 for ``final``).
-    """
-
-    index: int
-    kind: str
-    slots_per_token: int
-    carried_blocks: int
-    feedback_blocks: int
-
-
-def plan_passes(config, num_jacobi_rounds: int) -> List[PassSpec]:
-    """The passes of one step for ``config.ponder_mode`` (``ponder`` or ``latent``)."""
-    if config.ponder_mode == "ponder":
-        steps = config.ponder_steps
-        plan = [
-            # Pass 0 has no running sum yet; replace mode never needs one.
-            PassSpec(v, "ponder", 1, int(config.ponder_accumulate and v > 0), 1)
-            for v in range(steps)
-        ]
-        return plan + [PassSpec(steps, "final", 1, 0, 0)]
-    if config.ponder_mode == "latent":
-        n = config.num_latent_thoughts
-        plan = [PassSpec(v, "initial_thoughts", v + 1, v, v + 1) for v in range(n)]
-        plan += [PassSpec(n + j, "jacobi", n + 1, 0, n) for j in range(num_jacobi_rounds)]
-        return plan + [PassSpec(n + num_jacobi_rounds, "final", n + 1, 0, 0)]
-    raise ValueError(f"the looped pipeline runs multi-pass modes; got ponder_mode={config.ponder_mode!r}")
-
-
-def message_blocks(plan: List[PassSpec]) -> int:
-    """T: the pipeline tensor holds T*L slots, enough for every message of the plan."""
-    return max(max(p.slots_per_token + p.carried_blocks, p.feedback_blocks) for p in plan)
 
 
 def _pad_to(slots: Tensor, length: int) -> Tensor:
@@ -95,20 +66,36 @@ def _pad_to(slots: Tensor, length: int) -> Tensor:
     return torch.cat([slots, slots.new_zeros(length - slots.size(0), *slots.shape[1:])])
 
 
-class _Residuals:
-    """Jacobi residuals measured on the first stage: the change of the received thoughts."""
+class StepMemo:
+    """What the chunks of one step share, per microbatch: slot layouts and Jacobi residuals.
 
-    def __init__(self, num_thoughts: int):
-        self.num_thoughts = num_thoughts
-        self.previous: Dict[int, Tensor] = {}  # microbatch -> thoughts received by the last pass
-        self.per_microbatch: Dict[int, List[Tensor]] = {}
+    Each chunk counts its own microbatches (the schedule runs them in order on every chunk);
+    a microbatch's entries go when this stage runs its final pass, which comes after all its
+    other passes here.
+    """
 
-    def record(self, spec: PassSpec, microbatch: int, thoughts: Tensor) -> None:
-        thoughts = thoughts.detach()
-        if spec.index > self.num_thoughts:  # input produced by a Jacobi round
-            change = (thoughts - self.previous[microbatch]).float().pow(2).mean()
-            self.per_microbatch.setdefault(microbatch, []).append(change)
-        self.previous[microbatch] = thoughts
+    def __init__(self, model):
+        self.model = model
+        self.layouts: Dict[int, SlotLayouts] = {}
+        self.sent: Dict[int, Tensor] = {}  # last stage: the thoughts sent by the previous pass
+        self.residuals: Dict[int, List[Tensor]] = {}
+
+    def slot_layouts(self, microbatch: int, position_ids: Tensor, attention_mask) -> SlotLayouts:
+        if microbatch not in self.layouts:
+            self.layouts[microbatch] = SlotLayouts(position_ids, attention_mask, self.model.rotary_for_positions)
+        return self.layouts[microbatch]
+
+    def after_feedback(self, p: Pass, microbatch: int, feedback: Tensor) -> None:
+        """Last stage, latent mode: the residual of a Jacobi round against the thoughts before it."""
+        if p.kind is PassKind.JACOBI_ROUND:
+            self.residuals.setdefault(microbatch, []).append(jacobi_residual(self.sent[microbatch], feedback))
+        self.sent[microbatch] = feedback.detach()
+
+    def finish(self, microbatch: int) -> Tensor:
+        """Forget the microbatch; its Jacobi residuals [J] (last stage)."""
+        self.layouts.pop(microbatch, None)
+        self.sent.pop(microbatch, None)
+        return stack_residuals(self.residuals.pop(microbatch, []))
 
 
 class PassChunk(torch.nn.Module):
@@ -118,14 +105,15 @@ class PassChunk(torch.nn.Module):
     once). Called by Megatron's schedule like a model chunk.
     """
 
-    def __init__(self, ddp_model, spec: PassSpec, plan: List[PassSpec], schedule_config, residuals: _Residuals):
+    def __init__(self, ddp_model, spec: Pass, plan: PassPlan, schedule_config, memo: StepMemo):
         super().__init__()
         object.__setattr__(self, "ddp_model", ddp_model)
+        object.__setattr__(self, "model", memo.model)  # the unwrapped PonderGPTModel stage
         self.spec = spec
         self.plan = plan
         self.config = schedule_config
-        self.model_type = unwrap_model(ddp_model).model_type
-        self.residuals = residuals
+        self.model_type = self.model.model_type
+        self.memo = memo
         self.input_tensor: Optional[Tensor] = None
         self.microbatch = 0
         self.message_blocks = message_blocks(plan)
@@ -139,68 +127,71 @@ class PassChunk(torch.nn.Module):
         position_ids: Tensor,
         attention_mask: Optional[Tensor],
         labels: Optional[Tensor] = None,
-    ) -> Tensor:
-        """Message [T*L_local, b, h] for the next stage/pass, or the loss [b, L] (logits [b, L, V]
-        without labels) on the last stage of the final pass."""
-        model = unwrap_model(self.ddp_model)
-        spec = self.spec
-        config = model.config
-        local_tokens = input_ids.size(1)
-        if config.sequence_parallel:
-            local_tokens //= config.tensor_model_parallel_size
-        slots = spec.slots_per_token
+        num_jacobi_rounds: Optional[int] = None,
+        return_jacobi_residuals: bool = False,
+    ):
+        """Message [T*L_local, b, h] for the next stage/pass; on the last stage of the final pass
+        the loss [b, L] (logits [b, L, V] without labels), as ``PonderGPTModel.forward`` returns it."""
+        model, spec = self.model, self.spec
+        if num_jacobi_rounds is not None and model.config.ponder_mode == "latent":
+            planned = sum(p.kind is PassKind.JACOBI_ROUND for p in self.plan)
+            if num_jacobi_rounds != planned:
+                raise ValueError(f"the step was planned with J={planned}, the call asks for J={num_jacobi_rounds}")
+        tokens = input_ids.size(1)
+        if model.config.sequence_parallel:
+            tokens //= model.config.tensor_model_parallel_size
+        microbatch = self.microbatch
+        self.microbatch += 1
+        layouts = self.memo.slot_layouts(microbatch, position_ids, attention_mask)
 
         if model.pre_process:
-            hidden, carried = self._first_stage_input(model, input_ids, position_ids, local_tokens)
+            state = self._received_state(tokens)
+            hidden = first_stage_input(spec, model.input_embeddings(input_ids, position_ids), state)
+            carried = carried_state(spec, state)
         else:
-            received = self.input_tensor
-            hidden = received[: slots * local_tokens]
-            carried = received[slots * local_tokens : (slots + spec.carried_blocks) * local_tokens]
-        self.microbatch += 1
+            k, c = spec.slots_per_token, spec.carried_blocks
+            hidden = self.input_tensor[: k * tokens]
+            carried = self._unpack(self.input_tensor[k * tokens : (k + c) * tokens], c, tokens)
 
-        output = model.transformer_pass(
-            hidden,
-            interleave_attention_mask(attention_mask, slots),
-            model.rotary_for_positions(interleave_position_ids(position_ids, slots)),
-        )
-        message_length = self.message_blocks * local_tokens
+        output = model.transformer_pass(hidden, *layouts(spec.slots_per_token))
+        message_length = self.message_blocks * tokens
         if not model.post_process:
-            return _pad_to(torch.cat([output, carried]), message_length)
-        if spec.kind == "final":
-            if config.ponder_mode == "latent":
-                output = last_slot_of_each_group(output, slots)
-            logits = model.output_logits(output)
+            return _pad_to(torch.cat([output, self._pack(carried, output)]), message_length)
+        if spec.kind is PassKind.FINAL:
+            residuals = self.memo.finish(microbatch)
+            logits = model.output_logits(final_hidden(spec, output))
             if labels is None:
-                return logits.transpose(0, 1).contiguous()
-            return model.compute_language_model_loss(labels, logits)
-        return _pad_to(self._feedback(model, spec, output, carried, local_tokens), message_length)
+                result = logits.transpose(0, 1).contiguous()
+            else:
+                result = model.compute_language_model_loss(labels, logits)
+            return (result, residuals) if return_jacobi_residuals else result
+        feedback = pass_feedback(spec, output, carried, model)
+        if model.config.ponder_mode == "latent":
+            self.memo.after_feedback(spec, microbatch, feedback)
+        return _pad_to(self._pack(feedback, output), message_length)
 
-    def _first_stage_input(self, model, input_ids, position_ids, local_tokens) -> Tuple[Tensor, Tensor]:
-        """(slot sequence [k*L, b, h], carried state [c*L, b, h]) of this pass on the first stage."""
-        spec = self.spec
-        token_inputs = model.input_embeddings(input_ids, position_ids)
-        if spec.index == 0:
-            return token_inputs, token_inputs[:0]
-        received = self.input_tensor
-        previous = self.plan[spec.index - 1]
-        feedback = received[: previous.feedback_blocks * local_tokens]
-        if model.config.ponder_mode == "ponder":
-            return token_inputs + feedback, feedback[: spec.carried_blocks * local_tokens]
-        self.residuals.record(spec, self.microbatch, feedback)
-        thoughts = feedback.unflatten(0, (local_tokens, spec.slots_per_token - 1))
-        return interleave_thoughts(token_inputs, thoughts), feedback[: spec.carried_blocks * local_tokens]
+    def _received_state(self, tokens: int) -> Optional[Tensor]:
+        """First stage: the state the previous pass fed back (None for the first pass)."""
+        if self.spec.index == 0:
+            return None
+        blocks = self.spec.state_blocks
+        return self._unpack(self.input_tensor[: blocks * tokens], blocks, tokens)
 
-    @staticmethod
-    def _feedback(model, spec: PassSpec, output: Tensor, carried: Tensor, local_tokens: int) -> Tensor:
-        """What the next pass's first stage needs, computed on the last stage: [f*L, b, h]."""
-        if spec.kind == "ponder":
-            mixture = model.ponder_mixture(output)
-            return carried + mixture if carried.numel() else mixture
-        if spec.kind == "initial_thoughts":
-            new_thought = last_slot_of_each_group(output, spec.slots_per_token).unsqueeze(1)
-            earlier = carried.unflatten(0, (local_tokens, spec.carried_blocks))
-            return torch.cat([earlier, new_thought], dim=1).flatten(0, 1)
-        return jacobi_update(output, model.config.num_latent_thoughts).flatten(0, 1)
+    def _unpack(self, flat: Tensor, blocks: int, tokens: int) -> Optional[Tensor]:
+        """[n*L, b, h] message slice -> the state's shape (ponder [L, b, h], latent [L, n, b, h])."""
+        if blocks == 0:
+            return None
+        if self.model.config.ponder_mode == "ponder":
+            return flat
+        return flat.unflatten(0, (tokens, blocks))
+
+    def _pack(self, state: Optional[Tensor], like: Tensor) -> Tensor:
+        """The state as message slots [n*L, b, h] (token-major for thoughts)."""
+        if state is None:
+            return like[:0]
+        if self.model.config.ponder_mode == "ponder":
+            return state
+        return state.flatten(0, 1)
 
 
 def looped_forward_backward(
@@ -210,6 +201,7 @@ def looped_forward_backward(
     micro_batch_size: int,
     seq_length: int,
     forward_only: bool,
+    num_jacobi_rounds: int = 0,
     finalize_model_grads_func=None,
 ):
     """One step of a multi-pass model through Megatron's interleaved schedule.
@@ -220,18 +212,17 @@ def looped_forward_backward(
         ddp_model: the DDP-wrapped PonderGPTModel of this pipeline stage.
         microbatches: the step's microbatches (every pass reads all of them).
         seq_length: tokens per sample (before context-parallel splitting).
+        num_jacobi_rounds: latent mode: J of this step (the same on every rank).
         finalize_model_grads_func: what the schedule calls after the last backward, with the
             real model list ``[ddp_model]`` (default: the model config's).
 
-    p2p settings come from the model config (``training.step.forward_backward`` turns batched
-    p2p off on gloo, where it is silently wrong for PP=2).
+    p2p settings come from the model config (``runtime.parallel_init.configure_pipeline_p2p``).
 
     Returns what the schedule returns (the loss reports of the final pass on the last stage).
     """
     model = unwrap_model(ddp_model)
     config = model.config
-    rounds = model.jacobi_rounds() if config.ponder_mode == "latent" else 0
-    plan = plan_passes(config, rounds)
+    plan = plan_for_config(config, num_jacobi_rounds)
     if len(microbatches) < parallel_state.get_pipeline_model_parallel_world_size():
         raise ValueError(
             f"{len(microbatches)} microbatches for {parallel_state.get_pipeline_model_parallel_world_size()} "
@@ -246,9 +237,9 @@ def looped_forward_backward(
         schedule_config.finalize_model_grads_func = lambda _chunks, *args, **kwargs: finalize(
             [ddp_model], *args, **kwargs
         )
-    residuals = _Residuals(config.num_latent_thoughts)
-    chunks = [PassChunk(ddp_model, spec, plan, schedule_config, residuals) for spec in plan]
-    reports = forward_backward_pipelining_with_interleaving(
+    memo = StepMemo(model)
+    chunks = [PassChunk(ddp_model, spec, plan, schedule_config, memo) for spec in plan]
+    return forward_backward_pipelining_with_interleaving(
         forward_step_func=forward_step_func,
         data_iterator=[iter(microbatches) for _ in plan],
         model=chunks,
@@ -257,6 +248,3 @@ def looped_forward_backward(
         micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
-    if residuals.per_microbatch:
-        model.last_jacobi_residuals = residuals.per_microbatch[max(residuals.per_microbatch)]
-    return reports

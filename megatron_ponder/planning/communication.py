@@ -35,6 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Dict
 
+from megatron_ponder.model.passes import PassKind
 from megatron_ponder.planning.memory import needs_output_copy, stage_params
 from megatron_ponder.planning.schedule import pipeline_message_blocks, step_passes
 from megatron_ponder.planning.shapes import Layout, RunSpec
@@ -92,7 +93,7 @@ def _tensor_parallel(traffic: Traffic, run: RunSpec, layout: Layout, stage: int,
                 traffic.add("tp", "all_reduce", x_tok, m)
                 if layout.sp:  # scatter to the sequence shard; backward gathers
                     traffic.add("tp", "all_gather", x_tok, m)
-        if last and spec.kind in ("ponder", "final"):
+        if last and spec.kind in (PassKind.PONDER_FEEDBACK, PassKind.FINAL):
             if layout.sp:  # output layer: gather input, backward regather + reduce-scatter dgrad
                 traffic.add("tp", "all_gather", x_tok, 2 * m)
                 traffic.add("tp", "reduce_scatter", x_tok, m)
@@ -101,7 +102,7 @@ def _tensor_parallel(traffic: Traffic, run: RunSpec, layout: Layout, stage: int,
             # Three fp32 all-reduces of [L, b]: cross-entropy's max, target logit and sum of exp;
             # ponder's softmax max, and its sum forward and backward.
             traffic.add("tp", "all_reduce", tokens * b * 4, 3 * m)
-            if spec.kind == "ponder":  # p @ E summed over the vocabulary shards
+            if spec.kind is PassKind.PONDER_FEEDBACK:  # p @ E summed over the vocabulary shards
                 mix = tokens * b * h * run.precision.param_bytes
                 if layout.sp:
                     traffic.add("tp", "reduce_scatter", mix, m)
@@ -131,7 +132,7 @@ def _context_parallel(traffic: Traffic, run: RunSpec, layout: Layout, passes) ->
         if run.precision.kernels == "te":
             traffic.add("cp", "send", slots_local * kv, m * layers * (cp - 1) * (forwards + 2))
         else:
-            # parallel/context_parallel.py: all-gather K, V; backward all-reduces their gradients
+            # model/context_parallel_attention.py: all-gather K, V; backward all-reduces their gradients
             # and keeps its slice (gloo has no reduce-scatter).
             gathered = slots_local * cp * kv
             traffic.add("cp", "all_gather", gathered, m * layers * forwards)

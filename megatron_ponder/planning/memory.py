@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List
 
+from megatron_ponder.model.passes import PassKind
 from megatron_ponder.planning import activations as act
 from megatron_ponder.planning.schedule import (
     peak_in_flight,
@@ -105,7 +106,7 @@ def pass_bytes(run: RunSpec, layout: Layout, stage: int, passes, v: int) -> floa
 
 
 def _head(ctx, spec, slots: int, tokens: int, batch: int) -> float:
-    kind = {"final": "final", "ponder": "ponder"}.get(spec.kind, "hidden")
+    kind = {PassKind.FINAL: "final", PassKind.PONDER_FEEDBACK: "ponder"}.get(spec.kind, "hidden")
     return act.head_bytes(ctx, slots, tokens, batch, kind)
 
 

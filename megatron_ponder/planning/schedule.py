@@ -1,6 +1,7 @@
 """Passes of a step and the pipeline schedule that runs them: order, in-flight chunks, bubble.
 
-The project's PP runs every pass as a virtual stage of Megatron's interleaved schedule
+The passes are the model's plan (:mod:`megatron_ponder.model.passes`). The project's PP runs
+every pass as a virtual stage of Megatron's interleaved schedule
 (:mod:`megatron_ponder.parallel.looped_pipeline`); mode ``none`` uses plain 1F1B. This module
 replays the schedule's order (Megatron's ``get_schedule_table`` and warm-up count) so the peak of
 activations alive on a rank follows the schedule in use, with passes of different sizes.
@@ -8,29 +9,21 @@ activations alive on a rank follows the schedule in use, with passes of differen
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Callable, List, Sequence, Tuple
 
-from megatron_ponder.parallel.looped_pipeline import PassSpec, message_blocks, plan_passes
+from megatron_ponder.model.passes import Pass, PassPlan, message_blocks, plan_passes
 from megatron_ponder.planning.shapes import Method
 
 
-def step_passes(method: Method, jacobi_rounds: int) -> List[PassSpec]:
-    """The passes of one step (mode none: one ``final`` pass of 1 slot per token)."""
-    if method.mode == "none":
-        return [PassSpec(0, "final", 1, 0, 0)]
-    config = SimpleNamespace(
-        ponder_mode=method.mode,
-        ponder_steps=method.ponder_steps,
-        ponder_accumulate=method.ponder_accumulate,
-        num_latent_thoughts=method.num_latent_thoughts,
-    )
-    return plan_passes(config, jacobi_rounds)
+def step_passes(method: Method, jacobi_rounds: int) -> PassPlan:
+    """The passes of one step: the model's own plan (mode none: one ``FINAL`` pass)."""
+    return plan_passes(method.mode, method.ponder_steps, method.ponder_accumulate,
+                       method.num_latent_thoughts, jacobi_rounds if method.mode == "latent" else 0)
 
 
-def pipeline_message_blocks(passes: Sequence[PassSpec]) -> int:
+def pipeline_message_blocks(passes: Sequence[Pass]) -> int:
     """T: pipeline messages hold T*L slots (1 for mode none)."""
-    return 1 if len(passes) == 1 else message_blocks(list(passes))
+    return message_blocks(passes)
 
 
 def bubble_fraction(pp: int, num_microbatches: int, num_passes: int) -> float:

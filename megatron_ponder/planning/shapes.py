@@ -106,10 +106,6 @@ class Method:
         if not 0 <= lo <= hi:
             raise ValueError(f"jacobi rounds range must be 0 <= lo <= hi; got {self.jacobi_rounds}")
 
-    @property
-    def ponder_mode(self) -> str:  # the name PonderConfig and plan_passes read
-        return self.mode
-
     def describe(self) -> str:
         if self.mode == "ponder":
             return f"ponder S={self.ponder_steps}"

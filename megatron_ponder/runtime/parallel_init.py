@@ -4,6 +4,7 @@
 ``torch.distributed`` from torchrun's environment (or as a world of one), applies the CPU
 runtime when there is no GPU, builds Megatron's TP/PP/CP/DP groups and seeds the
 model-parallel RNG tracker; :func:`shutdown_parallel` ends a run on every rank together.
+:func:`configure_pipeline_p2p` adapts the schedules' p2p settings to the backend.
 """
 
 from __future__ import annotations
@@ -68,6 +69,16 @@ def initialize_parallel(
         context_parallel_size=context_parallel_size,
     )
     model_parallel_cuda_manual_seed(seed)
+
+
+def configure_pipeline_p2p(config) -> None:
+    """Set the model config's pipeline p2p options for this backend (once, when the schedule is set up).
+
+    gloo: batched isend/irecv mis-pairs same-direction messages when the next and the previous
+    pipeline rank are one process (PP=2), silently giving wrong results, so p2p runs unbatched.
+    """
+    if config.pipeline_model_parallel_size > 1 and dist.is_initialized() and dist.get_backend() == "gloo":
+        config.batch_p2p_comm = False
 
 
 def shutdown_parallel() -> None:

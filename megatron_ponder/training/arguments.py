@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from megatron_ponder.parallel.context_parallel import check_sequence_layout
+from megatron_ponder.sequence_layout import check_sequence_layout
 from megatron_ponder.training.presets import PRESETS
 
 

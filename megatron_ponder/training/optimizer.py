@@ -9,7 +9,8 @@ import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-from megatron_ponder.parallel.feedback_embedding import finalize_ponder_model_grads
+from megatron_ponder.model.feedback_embedding import finalize_ponder_model_grads
+from megatron_ponder.runtime.parallel_init import configure_pipeline_p2p
 
 
 def wrap_and_build_optimizer(
@@ -22,6 +23,8 @@ def wrap_and_build_optimizer(
     ``optimizer_config.use_distributed_optimizer`` shards optimizer state (ZeRO-1) over the
     data-parallel group. The model config must already carry ``calculate_per_token_loss=True``
     (DDP then sums gradients and ``finalize_model_grads`` divides by the global token count).
+    Also sets what Megatron's schedules read from the config: the gradient finalisation and the
+    backend's p2p options.
     """
     config = model_chunks[0].config
     if not config.calculate_per_token_loss:
@@ -44,6 +47,8 @@ def wrap_and_build_optimizer(
         )
         for index, chunk in enumerate(model_chunks)
     ]
+    # The schedules read these from the model config.
     config.finalize_model_grads_func = finalize_ponder_model_grads
+    configure_pipeline_p2p(config)
     optimizer = get_megatron_optimizer(optimizer_config, wrapped)
     return wrapped, optimizer

@@ -23,34 +23,46 @@ from torch import Tensor
 
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_model_config
 
-from megatron_ponder.model.wrappers import unwrap_model
 from megatron_ponder.parallel.context_parallel import split_batch_for_context_parallel
 from megatron_ponder.parallel.looped_pipeline import looped_forward_backward
 
 
-def masked_token_loss(loss_mask: Tensor, per_token_loss: Tensor) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+def masked_token_loss(loss_mask: Tensor, output) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
     """Megatron's 3-tuple loss: (sum of masked token losses, token count, report).
 
     Args:
         loss_mask: [b, L] 1 where the token counts.
-        per_token_loss: [b, L] the model's output with labels.
+        output: the model's output with labels: the per-token loss [b, L], or
+            (per-token loss, Jacobi residuals [J]) in latent mode.
 
     Returns:
-        loss sum (scalar, differentiable), token count (int scalar), and
-        ``{"lm loss": [sum, count]}`` (detached) for logging.
+        loss sum (scalar, differentiable), token count (int scalar), and the report for logging
+        (detached): ``{"lm loss": [sum, count]}``, plus ``"jacobi residual": [J]`` in latent mode.
     """
+    per_token_loss, residuals = output if isinstance(output, tuple) else (output, None)
     mask = loss_mask.float()
     loss_sum = (per_token_loss.float() * mask).sum()
     count = mask.sum()
-    return loss_sum, count.to(torch.int), {"lm loss": torch.stack([loss_sum.detach(), count])}
+    report = {"lm loss": torch.stack([loss_sum.detach(), count])}
+    if residuals is not None:
+        report["jacobi residual"] = residuals
+    return loss_sum, count.to(torch.int), report
 
 
-def forward_step(data_iterator: Iterator[Dict[str, Tensor]], model: torch.nn.Module):
-    """Megatron ``forward_step_func``: this rank's CP slice of the next microbatch through the model."""
+def forward_step(
+    data_iterator: Iterator[Dict[str, Tensor]], model: torch.nn.Module, num_jacobi_rounds: Optional[int] = None
+):
+    """Megatron ``forward_step_func``: this rank's CP slice of the next microbatch through the model.
+
+    ``num_jacobi_rounds``: latent mode's J for this step (bound with ``functools.partial``); the
+    model then also returns the Jacobi residuals, which go into the loss report.
+    """
     batch = split_batch_for_context_parallel(next(data_iterator))
+    latent = {} if num_jacobi_rounds is None else dict(num_jacobi_rounds=num_jacobi_rounds, return_jacobi_residuals=True)
     output = model(
-        batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"]
+        batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"], **latent
     )
     return output, partial(masked_token_loss, batch["loss_mask"])
 
@@ -67,30 +79,31 @@ class StepResult:
     tokens: int  # tokens that counted, whole global batch
     grad_norm: Optional[float] = None
     skipped: bool = False  # optimizer skipped the update (e.g. inf/nan gradients)
-    jacobi_residuals: Optional[List[float]] = None  # latent mode, last microbatch, this rank
+    jacobi_rounds: int = 0  # latent mode: J of this step (0 in the other modes)
+    # Latent mode: per round, the residual of the last microbatch as measured by the last
+    # pipeline stage of this rank's pipeline (on its data/context/tensor shard).
+    jacobi_residuals: Optional[List[float]] = None
 
 
-def _global_mean_loss(reports: List[Dict[str, Tensor]]) -> Tuple[float, int]:
-    """Sum [loss_sum, count] over microbatches and data/context-parallel ranks; broadcast over PP."""
-    total = torch.zeros(2, dtype=torch.float64)
+def _reduce_reports(reports: List[Dict[str, Tensor]], num_rounds: int) -> Tuple[float, int, List[float]]:
+    """(mean loss, token count, Jacobi residuals) of the step, on every rank.
+
+    Sums [loss_sum, count] over microbatches and data/context-parallel ranks, takes the last
+    microbatch's residuals, and shares both from the last pipeline stage with the other stages.
+    """
+    total = torch.zeros(2 + num_rounds, dtype=torch.float64)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        loss = torch.zeros(2, dtype=torch.float64)
         for report in reports:
-            total += report["lm loss"].double()
-        dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+            loss += report["lm loss"].double()
+        dist.all_reduce(loss, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+        total[:2] = loss
+        if num_rounds and reports:
+            total[2:] = reports[-1]["jacobi residual"].double()
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         dist.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
-    loss_sum, count = total.tolist()
-    return loss_sum / max(count, 1.0), int(count)
-
-
-def _set_iteration(model_chunks: List[torch.nn.Module], iteration: int) -> None:
-    for chunk in model_chunks:
-        unwrap_model(chunk).iteration = iteration
-
-
-def _jacobi_residuals(model_chunks: List[torch.nn.Module]) -> Optional[List[float]]:
-    residuals = getattr(unwrap_model(model_chunks[-1]), "last_jacobi_residuals", None)
-    return [float(r) for r in residuals] if residuals else None
+    loss_sum, count = total[:2].tolist()
+    return loss_sum / max(count, 1.0), int(count), total[2:].tolist()
 
 
 def forward_backward(
@@ -99,27 +112,26 @@ def forward_backward(
     micro_batch_size: int,
     seq_length: int,
     forward_only: bool,
+    num_jacobi_rounds: Optional[int] = None,
 ) -> List[Dict[str, Tensor]]:
     """Run Megatron's schedule for this layout; returns the loss reports of the last stage.
 
     Multi-pass modes under pipeline parallelism loop around the pipeline ring
     (:mod:`megatron_ponder.parallel.looped_pipeline`); everything else is Megatron's own
-    schedule (no pipelining, or 1F1B for mode ``none``).
+    schedule (no pipelining, or 1F1B for mode ``none``). ``num_jacobi_rounds``: latent mode's J
+    (None in the other modes).
     """
-    config = unwrap_model(model_chunks[0]).config
-    pipeline_size = parallel_state.get_pipeline_model_parallel_world_size()
-    if pipeline_size > 1 and dist.get_backend() == "gloo":
-        # Batched isend/irecv mis-pairs same-direction messages when the next and previous
-        # pipeline rank are one process (PP=2) on gloo: silently wrong results.
-        config.batch_p2p_comm = False
-    if pipeline_size > 1 and config.ponder_mode != "none":
+    step = partial(forward_step, num_jacobi_rounds=num_jacobi_rounds)
+    mode = get_model_config(model_chunks[0]).ponder_mode
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1 and mode != "none":
         if len(model_chunks) != 1:
             raise ValueError("multi-pass modes use the passes as virtual stages: build one model chunk")
         return looped_forward_backward(
-            forward_step, model_chunks[0], microbatches, micro_batch_size, seq_length, forward_only
+            step, model_chunks[0], microbatches, micro_batch_size, seq_length, forward_only,
+            num_jacobi_rounds=num_jacobi_rounds or 0,
         )
     return get_forward_backward_func()(
-        forward_step_func=forward_step,
+        forward_step_func=step,
         data_iterator=iter(microbatches),
         model=model_chunks,
         num_microbatches=len(microbatches),
@@ -127,6 +139,13 @@ def forward_backward(
         micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
+
+
+def _step_rounds(config, iteration: Optional[int]) -> Optional[int]:
+    """Latent mode's J: the iteration's draw when training, ``jacobi_eval_rounds`` for evaluation."""
+    if config.ponder_mode != "latent":
+        return None
+    return config.jacobi_eval_rounds if iteration is None else config.jacobi_rounds_for_iteration(iteration)
 
 
 def train_step(
@@ -140,30 +159,27 @@ def train_step(
 ) -> StepResult:
     """Forward and backward over the step's microbatches, then one optimizer step.
 
+    Latent mode draws J once here (``config.jacobi_rounds_for_iteration(iteration)``) and runs
+    every microbatch and pipeline rank with it.
     A non-finite loss (the same value on every rank) raises :class:`NonFiniteLossError` with
     ``nan_policy="stop"``; with ``"skip"`` the update is dropped and the step reported skipped.
     """
-    _set_iteration(model_chunks, iteration)
+    rounds = _step_rounds(get_model_config(model_chunks[0]), iteration)
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, forward_only=False)
-    loss, tokens = _global_mean_loss(reports)
+    reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, False, rounds)
+    loss, tokens, residuals = _reduce_reports(reports, rounds or 0)
+    common = dict(loss=loss, tokens=tokens, jacobi_rounds=rounds or 0, jacobi_residuals=residuals or None)
     if not math.isfinite(loss):
         if nan_policy == "stop":
             raise NonFiniteLossError(
                 f"loss is {loss} at iteration {iteration}: lower --lr, check the data, or pass "
                 "--nan-policy skip to drop such steps"
             )
-        return StepResult(loss=loss, tokens=tokens, skipped=True)
+        return StepResult(**common, skipped=True)
     success, grad_norm, _ = optimizer.step()
-    return StepResult(
-        loss=loss,
-        tokens=tokens,
-        grad_norm=None if grad_norm is None else float(grad_norm),
-        skipped=not success,
-        jacobi_residuals=_jacobi_residuals(model_chunks),
-    )
+    return StepResult(**common, grad_norm=None if grad_norm is None else float(grad_norm), skipped=not success)
 
 
 @torch.no_grad()
@@ -173,13 +189,14 @@ def evaluation_step(
     micro_batch_size: int,
     seq_length: int,
 ) -> StepResult:
-    """Forward only (eval mode: latent mode uses ``jacobi_eval_rounds``)."""
+    """Forward only, in eval mode (latent mode: J = ``jacobi_eval_rounds``)."""
+    rounds = _step_rounds(get_model_config(model_chunks[0]), None)
     for chunk in model_chunks:
         chunk.eval()
     try:
-        reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, forward_only=True)
+        reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, True, rounds)
     finally:
         for chunk in model_chunks:
             chunk.train()
-    loss, tokens = _global_mean_loss(reports)
-    return StepResult(loss=loss, tokens=tokens, jacobi_residuals=_jacobi_residuals(model_chunks))
+    loss, tokens, residuals = _reduce_reports(reports, rounds or 0)
+    return StepResult(loss=loss, tokens=tokens, jacobi_rounds=rounds or 0, jacobi_residuals=residuals or None)

@@ -7,10 +7,14 @@ LLaMA, GPT-2 and GPT-NeoX styles.
 
 import pytest
 import torch
+from megatron.core.optimizer import OptimizerConfig
 
 from conftest import causal_mask
 from reference.methods import latent_loss, ponder_loss, vanilla_loss
 from tiny_models import gradients_in_reference_layout, random_batch, reference_copy, relative_error, tiny_model
+
+from megatron_ponder.training.optimizer import wrap_and_build_optimizer
+from megatron_ponder.training.step import train_step
 
 STYLES = ["llama", "gpt2", "neox"]
 BATCH, LENGTH = 2, 8
@@ -51,10 +55,11 @@ def test_latent_mode_matches_reference(megatron_world_of_one, style, thoughts, r
     model = tiny_model(style, ponder_mode="latent", num_latent_thoughts=thoughts)
     reference = reference_copy(model, style)
     tokens, labels, positions = random_batch(BATCH, LENGTH)
-    loss = model(tokens, positions, causal_mask(LENGTH), labels=labels, num_jacobi_rounds=rounds)
+    loss, model_residuals = model(tokens, positions, causal_mask(LENGTH), labels=labels, num_jacobi_rounds=rounds,
+                                  return_jacobi_residuals=True)
     scale = model.config.input_embedding_scale
     expected, residuals = latent_loss(reference, tokens, labels, positions, thoughts, rounds, scale)
-    assert [float(r) for r in model.last_jacobi_residuals] == pytest.approx(residuals, rel=1e-4, abs=1e-9)
+    assert [float(r) for r in model_residuals] == pytest.approx(residuals, rel=1e-4, abs=1e-9)
     _compare(model, style, loss, reference, expected)
 
 
@@ -65,17 +70,23 @@ def test_latent_mode_without_labels_returns_logits_at_last_thoughts(megatron_wor
     model.eval()
     logits = model(tokens, positions, None)
     assert logits.shape == (BATCH, LENGTH, 64)
-    loss = model(tokens, positions, None, labels=labels)
+    loss, residuals = model(tokens, positions, None, labels=labels, return_jacobi_residuals=True)
     expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
     assert relative_error(loss.flatten(), expected) < 1e-6
-    assert len(model.last_jacobi_residuals) == model.config.jacobi_eval_rounds
+    assert len(residuals) == model.config.jacobi_eval_rounds
 
 
-def test_training_mode_draws_j_per_iteration(megatron_world_of_one):
-    model = tiny_model("llama", ponder_mode="latent", jacobi_train_rounds=(1, 4))
+def test_training_step_draws_j_per_iteration(megatron_world_of_one):
+    """train_step draws J once per iteration and reports it with that many residuals."""
+    model = tiny_model("llama", ponder_mode="latent", jacobi_train_rounds=(1, 4), calculate_per_token_loss=True)
+    chunks, optimizer = wrap_and_build_optimizer([model], OptimizerConfig(optimizer="adam", lr=1e-4))
     tokens, labels, positions = random_batch(BATCH, LENGTH)
-    model.train()
+    batch = dict(tokens=tokens, labels=labels, position_ids=positions, loss_mask=torch.ones_like(tokens))
+    drawn = set()
     for iteration in range(6):
-        model.iteration = iteration
-        model(tokens, positions, None, labels=labels)
-        assert len(model.last_jacobi_residuals) == model.config.jacobi_rounds_for_iteration(iteration)
+        result = train_step(chunks, optimizer, [batch], BATCH, LENGTH, iteration)
+        expected = model.config.jacobi_rounds_for_iteration(iteration)
+        assert result.jacobi_rounds == expected
+        assert len(result.jacobi_residuals) == expected
+        drawn.add(expected)
+    assert len(drawn) > 1, "the draw never changed J: the test cannot tell a fixed J from the draw"

@@ -4,11 +4,8 @@ import pytest
 import torch
 
 from megatron_ponder.model.vocab_mixing import probability_weighted_embedding, vocab_parallel_softmax
-from megatron_ponder.parallel.context_parallel import (
-    ContextParallelLayoutError,
-    check_sequence_layout,
-    global_slot_indices,
-)
+from megatron_ponder.model.context_parallel_attention import global_slot_indices
+from megatron_ponder.sequence_layout import ContextParallelLayoutError, check_sequence_layout
 
 
 def test_softmax_gives_padded_vocabulary_rows_zero_probability():

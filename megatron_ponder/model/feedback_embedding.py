@@ -26,9 +26,7 @@ from megatron.core.distributed.finalize_model_grads import (
     finalize_model_grads,
 )
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
-from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint
-
-from megatron_ponder.model.wrappers import unwrap_model
+from megatron.core.utils import make_tp_sharded_tensor_for_checkpoint, unwrap_model
 
 FEEDBACK_KEY = "feedback_word_embeddings"
 
