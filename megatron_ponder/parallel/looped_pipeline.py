@@ -19,6 +19,7 @@ The passes and what each does are the step's plan (:mod:`megatron_ponder.model.p
 same plan :meth:`PonderGPTModel.run_plan` runs on one stage; a :class:`PassChunk` adds only what
 is pipeline-specific: which stage builds the input and which the feedback, slicing and padding
 of the fixed-size message, and the carried state through the middle stages.
+
 State crosses passes only through these tensors, never through autograd edges between chunks:
 the schedule runs each chunk's backward on its own and would not see such edges.
 
@@ -34,7 +35,7 @@ L_local = L / cp / (tp under sequence parallelism).
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
 from torch import Tensor
