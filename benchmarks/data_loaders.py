@@ -20,14 +20,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
 warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402

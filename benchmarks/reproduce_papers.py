@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 warnings.filterwarnings("ignore")
 
 # The model S is the cpu-tiny preset (LLaMA style, 4 layers, hidden 128). 2S: hidden 192, 5 layers,

@@ -33,7 +33,6 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402

@@ -5,8 +5,8 @@ same sample."""
 import json
 
 import pytest
-from indexed_documents import write_random_documents
-from torchrun import run_torchrun
+from support.indexed_documents import write_random_documents
+from support.torchrun import run_torchrun
 
 PRETRAIN = "-m megatron_ponder.pretrain"
 VOCAB = 128

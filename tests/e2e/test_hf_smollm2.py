@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import relative_error
-from torchrun import run_torchrun
+from support.tiny_models import relative_error
+from support.torchrun import run_torchrun
 
 from megatron_ponder.hf.export import load_single_process_model
 from megatron_ponder.hf.import_hf import import_hf_model, load_hf_model

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from torchrun import run_torchrun, child_env, torchrun_command
+from support.torchrun import run_torchrun, child_env, torchrun_command
 
 PRETRAIN = "-m megatron_ponder.pretrain"
 BASE = [

@@ -21,7 +21,7 @@ import json
 import pytest
 import torch
 import transformers
-from tiny_models import relative_error
+from support.tiny_models import relative_error
 
 from megatron_ponder.hf.configs import ConversionError, megatron_flags_from_hf_config
 from megatron_ponder.hf.export import export_checkpoint, load_single_process_model

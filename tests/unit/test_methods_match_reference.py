@@ -10,7 +10,7 @@ import torch
 
 from conftest import causal_mask
 from reference.methods import latent_loss, ponder_loss, vanilla_loss
-from tiny_models import gradients_in_reference_layout, random_batch, reference_copy, relative_error, tiny_model
+from support.tiny_models import gradients_in_reference_layout, random_batch, reference_copy, relative_error, tiny_model
 
 STYLES = ["llama", "gpt2", "neox"]
 BATCH, LENGTH = 2, 8
