@@ -1,4 +1,4 @@
-"""PonderGPTModel (Megatron) vs the plain-PyTorch reference written from DESIGN.md's equations.
+"""PonderGPTModel (Megatron) vs the plain-PyTorch reference written from docs/methods.md's equations.
 
 Same weights, same batch: the per-token loss and every gradient agree (fp32, rel. 1e-5) for
 ponder mode (S = 1, 2, 3; accumulate and replace) and latent mode (N = 1, 2; J = 1, 2, 3), in
