@@ -3,6 +3,8 @@
 A flat path from data to loss: parse flags -> initialise TP/PP/CP/DP -> tokenizer and datasets ->
 PonderGPTModel -> Megatron DDP + optimizer + LR schedule -> resume -> train / evaluate / save.
 Flags are Megatron-LM's (``--help``); bad input stops with ``error: <one line>`` and exit code 2.
+The pieces are built by :mod:`megatron_ponder.training.build`; this module is the loop and the
+command line only, and nothing in the package imports it.
 """
 
 from __future__ import annotations
