@@ -20,14 +20,12 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
 warnings.filterwarnings("ignore")
 
 import numpy as np  # noqa: E402
@@ -72,12 +70,13 @@ def loader_tokens_per_second(make_stream, tokens_per_microbatch: int, seconds: f
 def training_tokens_per_second(train_set, steps: int) -> tuple:
     """(tokens/s, ms/step) of the default CPU run's train_step, one process with one thread."""
     from megatron_ponder.data.datasets import MicrobatchStream
-    from megatron_ponder.pretrain import build_training_state, model_config
-    from megatron_ponder.training.arguments import parse_args, validate_args
+    from megatron_ponder.training.arguments import finalize_args, parse_args
+    from megatron_ponder.training.build import build_training_state
+    from megatron_ponder.training.model_config import model_config
     from megatron_ponder.training.step import train_step
 
     args = parse_args(["--mock-data", "--vocab-size", str(VOCAB + 175)])  # the default run's flags otherwise
-    validate_args(args, 1)
+    finalize_args(args, 1)
     args.tokenizer_vocab_size = VOCAB
     config = model_config(args)
     _, chunks, optimizer, _ = build_training_state(args, config)

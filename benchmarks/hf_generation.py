@@ -18,26 +18,22 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
 warnings.filterwarnings("ignore")
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from megatron_ponder.hf.remote_code import load_classes
+from megatron_ponder.variants import label, variant
 
-MODES = {
-    "none": None,
-    "ponder S=3": {"ponder_mode": "ponder", "ponder_steps": 3},
-    "latent N=1": {"ponder_mode": "latent", "num_latent_thoughts": 1},
-    "latent N=2": {"ponder_mode": "latent", "num_latent_thoughts": 2},
-}
+# The stock model (none: no remote code), then the method's variants.
+MODES = {"none": None, **{label(fields): fields for fields in [
+    variant("ponder", ponder_steps=3), variant("latent1"), variant("latent2")]}}
 
 
 def backbone_config(args) -> LlamaConfig:

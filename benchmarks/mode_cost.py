@@ -10,7 +10,7 @@ J+1 passes over the (N+1)L interleaved sequence (attention quadratic in it) and 
 the last thought slots. "time / FLOP model" near 1 means the implementation costs what the
 method must; above 1 is overhead of ours (or of small shapes on a CPU).
 
-Part 2, peak memory: for a subset of modes, with recompute off / selective / full, the peak
+Part 2, peak memory: for a subset of modes, with recompute none / selective / full, the peak
 resident memory of one forward + backward above the memory held before it (model, data), each
 in a fresh process (the kernel's resident high-water mark, reset before the step). Includes the gradients.
 
@@ -31,26 +31,19 @@ import time
 import warnings
 from pathlib import Path
 
+from megatron_ponder.variants import RECOMPUTE, label, variant
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
 warnings.filterwarnings("ignore")
 
-MODES = {
-    "none": {"ponder_mode": "none"},
-    "ponder S=1": {"ponder_mode": "ponder", "ponder_steps": 1},
-    "ponder S=2": {"ponder_mode": "ponder", "ponder_steps": 2},
-    "ponder S=3": {"ponder_mode": "ponder", "ponder_steps": 3},
-    "latent N=1 J=1": {"ponder_mode": "latent", "num_latent_thoughts": 1, "jacobi_train_rounds": (1, 1)},
-    "latent N=1 J=2": {"ponder_mode": "latent", "num_latent_thoughts": 1, "jacobi_train_rounds": (2, 2)},
-    "latent N=1 J=3": {"ponder_mode": "latent", "num_latent_thoughts": 1, "jacobi_train_rounds": (3, 3)},
-    "latent N=2 J=2": {"ponder_mode": "latent", "num_latent_thoughts": 2, "jacobi_train_rounds": (2, 2)},
-}
+MODES = {label(fields): fields for fields in [
+    variant("none"),
+    *(variant("ponder", ponder_steps=steps) for steps in (1, 2, 3)),
+    *(variant("latent1", rounds=(rounds, rounds)) for rounds in (1, 2, 3)),
+    variant("latent2", rounds=(2, 2)),
+]}
 MEMORY_MODES = ["none", "ponder S=3", "latent N=1 J=2", "latent N=2 J=2"]
-RECOMPUTE = {
-    "off": {},
-    "selective": {"recompute_granularity": "selective"},
-    "full": {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1},
-}
+RECOMPUTES = ["none", "selective", "full"]  # keys of RECOMPUTE, in table order
 # Default shape: the cpu-tiny preset as the reproduction trains it (vocab of the default corpus).
 SHAPES = {
     "cpu-tiny": {"size": {"num_layers": 4, "hidden_size": 128, "num_attention_heads": 4, "num_query_groups": 2,
@@ -107,7 +100,7 @@ def time_table(shape: dict, modes, recomputes, repeats: int):
     initialize_parallel()
     data = batch(shape)
     configs = [(mode, recompute) for recompute in recomputes for mode in modes
-               if recompute == "off" or mode in MEMORY_MODES]
+               if recompute == "none" or mode in MEMORY_MODES]
     models = {config: build(shape, MODES[config[0]], config[1]) for config in configs}
     for model in models.values():  # warm-up: first-call allocations and lazy initialisation
         step(model, data)
@@ -119,8 +112,8 @@ def time_table(shape: dict, modes, recomputes, repeats: int):
             step(model, data)
             cpu[config].append(time.process_time() - start_cpu)
             wall[config].append(time.perf_counter() - start_wall)
-    base_time = statistics.median(cpu[("none", "off")])
-    base_flops = model_flops(shape, models[("none", "off")])
+    base_time = statistics.median(cpu[("none", "none")])
+    base_flops = model_flops(shape, models[("none", "none")])
     rows = []
     for (mode, recompute), samples in cpu.items():
         flops = model_flops(shape, models[(mode, recompute)])
@@ -226,12 +219,12 @@ def markdown(shape_name: str, time_rows, memory_rows, repeats: int, command: str
             "64 KiB (resident memory then follows live tensors): activations alive at the peak, gradients "
             "and temporaries.",
             "",
-            "| mode | " + " | ".join(f"recompute {r} MiB" for r in RECOMPUTE) + " |",
-            "|---|" + "---|" * len(RECOMPUTE),
+            "| mode | " + " | ".join(f"recompute {r} MiB" for r in RECOMPUTES) + " |",
+            "|---|" + "---|" * len(RECOMPUTES),
         ]
         for mode in dict.fromkeys(row["mode"] for row in memory_rows):
             cells = {row["recompute"]: row["step_mib"] for row in memory_rows if row["mode"] == mode}
-            row = " | ".join(f"{cells[r]:.1f}" if r in cells else "-" for r in RECOMPUTE)
+            row = " | ".join(f"{cells[r]:.1f}" if r in cells else "-" for r in RECOMPUTES)
             lines.append(f"| {mode} | {row} |")
     return "\n".join(lines) + "\n"
 
@@ -242,8 +235,8 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="tiny model (tests)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of: " + ", ".join(MODES))
-    parser.add_argument("--recomputes", default=",".join(RECOMPUTE),
-                        help="comma-separated subset of: " + ", ".join(RECOMPUTE))
+    parser.add_argument("--recomputes", default=",".join(RECOMPUTES),
+                        help="comma-separated subset of: " + ", ".join(RECOMPUTES))
     parser.add_argument("--no-memory", action="store_true", help="skip the peak memory part")
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks" / "mode_cost.md"))
     args = parser.parse_args(argv)
@@ -255,8 +248,8 @@ def main(argv=None):
     if unknown or "none" not in modes:
         parser.error(f"--modes must include 'none' and name only {', '.join(MODES)}; got {args.modes!r}")
     recomputes = [recompute.strip() for recompute in args.recomputes.split(",")]
-    if "off" not in recomputes or any(r not in RECOMPUTE for r in recomputes):
-        parser.error(f"--recomputes must include 'off' and name only {', '.join(RECOMPUTE)}; got {args.recomputes!r}")
+    if "none" not in recomputes or any(r not in RECOMPUTES for r in recomputes):
+        parser.error(f"--recomputes must include 'none' and name only {', '.join(RECOMPUTES)}; got {args.recomputes!r}")
     shape_name = "tiny" if args.tiny else "cpu-tiny"
     time_rows = time_table(SHAPES[shape_name], modes, recomputes, args.repeats)
     memory_modes = [mode for mode in MEMORY_MODES if mode in modes]

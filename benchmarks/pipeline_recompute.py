@@ -26,21 +26,16 @@ import time
 import warnings
 from pathlib import Path
 
+from megatron_ponder.variants import RECOMPUTE, label, variant
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
 warnings.filterwarnings("ignore")
 
-MODES = {
-    "none": dict(ponder_mode="none"),
-    "ponder S=3": dict(ponder_mode="ponder", ponder_steps=3),
-    "latent N=1 J=2": dict(ponder_mode="latent", num_latent_thoughts=1, jacobi_train_rounds=(2, 2)),
-    "latent N=2 J=2": dict(ponder_mode="latent", num_latent_thoughts=2, jacobi_train_rounds=(2, 2)),
-}
-RECOMPUTE = {
-    "off": {},
-    "selective": dict(recompute_granularity="selective"),
-    "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
-}
+MODES = {label(fields): fields for fields in [
+    variant("none"), variant("ponder", ponder_steps=3), variant("latent1", rounds=(2, 2)),
+    variant("latent2", rounds=(2, 2)),
+]}
+RECOMPUTES = ["none", "selective", "full"]  # keys of RECOMPUTE, in table order
 SIZE = dict(num_layers=4, hidden_size=128, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=352)
 VOCAB, SEQ, BATCH = 512, 64, 4
 
@@ -101,8 +96,8 @@ def single_process_table(repeats: int):
     tokens, labels, positions = batch()
     rows = []
     for mode, fields in MODES.items():
-        for recompute, extra in RECOMPUTE.items():
-            model = build(fields, **extra)
+        for recompute in RECOMPUTES:
+            model = build(fields, **RECOMPUTE[recompute])
             model.train()
             memory = saved_activation_bytes(model, tokens, labels, positions)
             times = []

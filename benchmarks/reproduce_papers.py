@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 warnings.filterwarnings("ignore")
 
 # The model S is the cpu-tiny preset (LLaMA style, 4 layers, hidden 128). 2S: hidden 192, 5 layers,
@@ -43,7 +42,7 @@ RUNS: Dict[str, List[str]] = {
                    "--num-attention-heads", "6", "--num-query-groups", "3", "--ffn-hidden-size", "512"],
     "ponder-S (S=3)": ["--ponder-mode", "ponder", "--ponder-steps", "3"],
     "latent-S (N=1, J=2-3)": ["--ponder-mode", "latent", "--num-latent-thoughts", "1",
-                              "--jacobi-iters", "2,3", "--jacobi-eval-iters", "3"],
+                              "--jacobi-train-rounds", "2,3", "--jacobi-eval-rounds", "3"],
 }
 VOCAB = 4096  # the default corpus tokenizer's size (already a multiple of 128)
 
@@ -64,13 +63,14 @@ def common_flags(args, data_dir: Path) -> List[str]:
 
 def parameter_counts(flags: List[str]) -> Dict[str, int]:
     """(total, embedding) parameters of the model these pretrain flags build (one process)."""
-    from megatron_ponder.pretrain import build_model, model_config
     from megatron_ponder.runtime.parallel_init import initialize_parallel
-    from megatron_ponder.training.arguments import parse_args, validate_args
+    from megatron_ponder.training.arguments import finalize_args, parse_args
+    from megatron_ponder.training.build import build_model
+    from megatron_ponder.training.model_config import model_config
 
     initialize_parallel()
     args = parse_args(_without_data(flags) + ["--mock-data"])
-    validate_args(args, 1)
+    finalize_args(args, 1)
     args.tokenizer_vocab_size = args.vocab_size
     model = build_model(args, model_config(args))
     total = sum(p.numel() for p in model.parameters())

@@ -33,7 +33,6 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
@@ -44,19 +43,20 @@ TOPK = (10, 100, 1000)
 # ---------------------------------------------------------------------------- part 1: error
 def train_tiny_model(corpus_dir: str, iters: int):
     """(model, valid stream, vocabulary size) after ``iters`` steps of cpu-tiny on the default corpus."""
-    from megatron_ponder import pretrain
     from megatron_ponder.data.datasets import MicrobatchStream
     from megatron_ponder.runtime.parallel_init import initialize_parallel
-    from megatron_ponder.training.arguments import parse_args, validate_args
+    from megatron_ponder.training.arguments import finalize_args, parse_args
+    from megatron_ponder.training.build import build_training_state, prepare_data
+    from megatron_ponder.training.model_config import model_config
     from megatron_ponder.training.step import train_step
 
     args = parse_args(["--default-corpus", corpus_dir, "--preset", "cpu-tiny", "--ponder-mode", "none",
                        "--train-iters", str(iters), "--micro-batch-size", "8", "--eval-iters", "0"])
-    validate_args(args, world_size=1)
+    finalize_args(args, world_size=1)
     initialize_parallel(seed=args.seed)
-    train_set, valid_set = pretrain.prepare_data(args)
-    config = pretrain.model_config(args)
-    model, chunks, optimizer, scheduler = pretrain.build_training_state(args, config)
+    train_set, valid_set = prepare_data(args)
+    config = model_config(args)
+    model, chunks, optimizer, scheduler = build_training_state(args, config)
     stream = MicrobatchStream(train_set, args.global_batch_size, args.micro_batch_size, 0, 1)
     started = time.perf_counter()
     for iteration in range(iters):

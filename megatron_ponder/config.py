@@ -7,7 +7,7 @@ Modes (``ponder_mode``):
   * ``latent`` PonderLM-2: ``num_latent_thoughts`` thoughts per token, trained with Jacobi rounds
     over the interleaved token/thought sequence.
 
-The equations are in DESIGN.md ("The methods, exactly"); every field below names the symbol it sets.
+The equations are in docs/methods.md; every field below names the symbol it sets.
 """
 
 from __future__ import annotations

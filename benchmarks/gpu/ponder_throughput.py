@@ -29,18 +29,16 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO)]
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
 
+from megatron_ponder.variants import RECOMPUTE, variant  # noqa: E402
+
 MODEL = dict(num_layers=16, hidden_size=2048, num_attention_heads=16, num_query_groups=8, ffn_hidden_size=5632)
 VOCAB = 50304
-MODES = {
-    "none": dict(ponder_mode="none"),
-    "ponder": dict(ponder_mode="ponder", ponder_steps=3),
-    "latent": dict(ponder_mode="latent", num_latent_thoughts=1, jacobi_train_rounds=(2, 2)),
-}
+MODES = {"none": variant("none"), "ponder": variant("ponder", ponder_steps=3),
+         "latent1": variant("latent1", rounds=(2, 2))}
 
 
 def configurations(args):
@@ -59,7 +57,7 @@ def build(args, mode: str, precision: str, mixing: str):
     if precision == "fp8":
         fields.update(fp8="hybrid", fp8_recipe=args.fp8_recipe, fp8_amax_history_len=1024, fp8_amax_compute_algo="max")
     if args.recompute:
-        fields.update(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+        fields.update(RECOMPUTE["full"])
     config = make_ponder_config(
         "llama", **MODEL, bf16=True, params_dtype=torch.bfloat16, pipeline_dtype=torch.bfloat16,
         tensor_model_parallel_size=args.tp, sequence_parallel=args.tp > 1, hidden_dropout=0.0,
@@ -119,7 +117,7 @@ def measure(args, mode, precision, mixing):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--modes", default="none,ponder,latent")
+    parser.add_argument("--modes", default="none,ponder,latent1")
     parser.add_argument("--precisions", default="bf16,fp8")
     parser.add_argument("--mixing", default="dense,topk", help="ponder mode: dense and/or topk")
     parser.add_argument("--topk", type=int, default=100)

@@ -132,6 +132,16 @@ def check_vocab_fits(tokenizer_vocab_size: int, model_vocab_size: int) -> None:
         )
 
 
+class _FileBlends(NamedTuple):
+    """What GPTDatasetConfig needs to read indexed files: one blend split by ``split``, or one
+    blend per split (then ``split`` is None)."""
+
+    blend: Optional[Blend]
+    blend_per_split: Optional[List[Optional[Blend]]]
+    split: Optional[str]
+    prefixes: List[str]
+
+
 def build_gpt_datasets(
     data_path: Optional[List[str]],
     split: str,
@@ -166,51 +176,21 @@ def build_gpt_datasets(
     )
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig, MockGPTDataset
 
-    if model_vocab_size is not None:
-        check_vocab_fits(tokenizer.vocab_size, model_vocab_size)
-    if seq_length < 1:
-        raise DataError(f"--seq-length must be positive, got {seq_length}")
-    sizes = list(num_samples)
-    if len(sizes) != 3 or any(s is not None and s < 0 for s in sizes):
-        raise DataError(f"num_samples must be three counts (train, valid, test), got {sizes}")
-
-    blend = blend_per_split = None
-    path_to_cache = None
+    sizes = _checked_request(tokenizer, seq_length, num_samples, model_vocab_size)
     if mock:
-        cls = MockGPTDataset
-        split = None  # Megatron sets an even "1,1,1" split for mock data
+        # Megatron sets an even "1,1,1" split for mock data.
+        cls, files, path_to_cache = MockGPTDataset, _FileBlends(None, None, None, []), None
     else:
-        cls = GPTDataset
-        if not data_path:
-            raise DataError("no training data: pass --data-path PREFIX (or --mock-data)")
-        train_blend = parse_data_path(data_path)
-        if valid_data_path:
-            blend_per_split = [train_blend, parse_data_path(valid_data_path), None]
-            blends, split, sizes[2] = blend_per_split[:2], None, None
-        else:
-            blend, blends = train_blend, [train_blend]
-        if blend is not None and len(blend[0]) == 1:
-            blend = (blend[0], None)  # one prefix: a weight only forces a needless blend layer
-        if any(len(b[0]) > 1 for b in blends) and not torch.distributed.is_initialized():
-            raise DataError(
-                "blending several datasets needs torch.distributed initialised (Megatron's "
-                "BlendedDataset asks for the rank): call initialize_parallel() first"
-            )
-        prefixes = [p for b in blends for p in b[0]]
-        infos = {prefix: check_indexed_dataset(prefix) for prefix in prefixes}
-        if blend is not None:
-            _check_split(split, {p: infos[p].sequences for p in blend[0]}, sizes)
-        root = cache_dir or os.path.join(
-            os.path.dirname(os.path.abspath(prefixes[0])), "megatron_index_cache"
-        )
-        path_to_cache = os.path.join(root, _fingerprint(prefixes))
-
+        cls, files = GPTDataset, _file_blends(data_path, valid_data_path, split, sizes)
+        if files.blend_per_split is not None:
+            sizes[2] = None  # a separate validation blend leaves no test set
+        path_to_cache = _cache_path(files.prefixes, cache_dir)
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,
-        blend=blend,
-        blend_per_split=blend_per_split,
-        split=split,
+        blend=files.blend,
+        blend_per_split=files.blend_per_split,
+        split=files.split,
         tokenizer=tokenizer,
         path_to_cache=path_to_cache,
         reset_position_ids=False,
@@ -223,6 +203,50 @@ def build_gpt_datasets(
     )
     train, valid, test = builder.build()
     return train, valid, test
+
+
+def _checked_request(tokenizer, seq_length: int, num_samples, model_vocab_size: Optional[int]) -> List[Optional[int]]:
+    """DataError for a request no dataset can serve; returns the sample counts as a list."""
+    if model_vocab_size is not None:
+        check_vocab_fits(tokenizer.vocab_size, model_vocab_size)
+    if seq_length < 1:
+        raise DataError(f"--seq-length must be positive, got {seq_length}")
+    sizes = list(num_samples)
+    if len(sizes) != 3 or any(s is not None and s < 0 for s in sizes):
+        raise DataError(f"num_samples must be three counts (train, valid, test), got {sizes}")
+    return sizes
+
+
+def _file_blends(data_path, valid_data_path, split: str, sizes: List[Optional[int]]) -> _FileBlends:
+    """The blends of ``--data-path`` (and ``--valid-data-path``), every file checked, and the
+    split checked to give each requested part documents."""
+    if not data_path:
+        raise DataError("no training data: pass --data-path PREFIX (or --mock-data)")
+    train_blend = parse_data_path(data_path)
+    if valid_data_path:
+        blend, blend_per_split, split = None, [train_blend, parse_data_path(valid_data_path), None], None
+        blends = blend_per_split[:2]
+    else:
+        blend, blend_per_split, blends = train_blend, None, [train_blend]
+        if len(blend[0]) == 1:
+            blend = (blend[0], None)  # one prefix: a weight only forces a needless blend layer
+    if any(len(b[0]) > 1 for b in blends) and not torch.distributed.is_initialized():
+        raise DataError(
+            "blending several datasets needs torch.distributed initialised (Megatron's "
+            "BlendedDataset asks for the rank): call initialize_parallel() first"
+        )
+    prefixes = [p for b in blends for p in b[0]]
+    infos = {prefix: check_indexed_dataset(prefix) for prefix in prefixes}
+    if blend is not None:
+        _check_split(split, {p: infos[p].sequences for p in blend[0]}, sizes)
+    return _FileBlends(blend, blend_per_split, split, prefixes)
+
+
+def _cache_path(prefixes: List[str], cache_dir: Optional[str]) -> str:
+    """Megatron's index-cache folder for these files: under ``cache_dir`` (default: next to the
+    first dataset), named by the files' fingerprint."""
+    root = cache_dir or os.path.join(os.path.dirname(os.path.abspath(prefixes[0])), "megatron_index_cache")
+    return os.path.join(root, _fingerprint(prefixes))
 
 
 def _check_split(split: str, sequences: Dict[str, int], sizes: List[Optional[int]]) -> None:

@@ -38,13 +38,13 @@ def checkpoint_args(folder: str) -> argparse.Namespace:
     current defaults (so checkpoints from before a flag existed still describe their model)."""
     from megatron.core import dist_checkpointing
 
-    from megatron_ponder.training.arguments import parse_args
+    from megatron_ponder.training.arguments import parse_args, upgrade_saved_args
 
     common = dist_checkpointing.load_common_state_dict(folder)
     if "args" not in common:
         raise ExportError(f"{folder} stores no run arguments: it was not written by megatron_ponder")
     args = parse_args(["--mock-data"])
-    for key, value in common["args"].items():
+    for key, value in upgrade_saved_args(common["args"]).items():
         setattr(args, key, value)
     return args
 
@@ -75,7 +75,8 @@ def load_single_process_model(load_dir: str, iteration: Optional[int] = None) ->
     """
     from megatron.core import dist_checkpointing
 
-    from megatron_ponder.pretrain import build_model, model_config
+    from megatron_ponder.training.build import build_model
+    from megatron_ponder.training.model_config import model_config
 
     folder = resolve_checkpoint(load_dir, iteration)
     args = checkpoint_args(folder)
@@ -87,7 +88,7 @@ def load_single_process_model(load_dir: str, iteration: Optional[int] = None) ->
     # Local layers in fp32 on any machine: the weight maps read the local spec's names, and
     # torch_dist checkpoints are interchangeable between it and the TE spec (Megatron's local
     # spec maps its norm keys onto TE's fused-norm names).
-    args.transformer_impl, args.fp8_format = "local", None
+    args.transformer_impl, args.fp8 = "local", None
     model = build_model(args, model_config(args))
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, folder)
     model.load_state_dict(loaded["model"])

@@ -66,10 +66,11 @@ def import_hf_model(
     """
     import torch.distributed as dist
 
-    from megatron_ponder.pretrain import build_model, model_config
     from megatron_ponder.runtime.parallel_init import initialize_parallel
     from megatron_ponder.training.arguments import parse_args, validate_args
+    from megatron_ponder.training.build import build_model
     from megatron_ponder.training.checkpointing import save_weights_checkpoint
+    from megatron_ponder.training.model_config import model_config
 
     if not dist.is_initialized():
         initialize_parallel()
@@ -93,7 +94,7 @@ def import_hf_model(
     # Local layers in fp32 on any machine: the weight maps read the local spec's names, and
     # torch_dist checkpoints are interchangeable between it and the TE spec (Megatron's local
     # spec maps its norm keys onto TE's fused-norm names).
-    args.transformer_impl, args.fp8_format = "local", None
+    args.transformer_impl, args.fp8 = "local", None
     model = build_model(args, model_config(args))
 
     weights = hf_to_megatron(hf_model.state_dict(), model_shape(args))

@@ -3,7 +3,7 @@
 A style is the part of a model that is not its size: norm, MLP activation, biases, position
 embedding, tied or untied output layer, sequential or parallel residual. Everything maps onto
 stock Megatron-Core options, except GPT-NeoX's parallel residual, which is a TransformerLayer
-subclass (:mod:`megatron_ponder.model.parallel_residual`).
+subclass (:mod:`megatron_ponder.model.neox_layer`).
 """
 
 from __future__ import annotations

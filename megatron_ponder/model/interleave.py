@@ -4,7 +4,7 @@ The interleaved sequence puts the N thoughts of token i right after it:
 ``[x_1, z_1^1..z_1^N, x_2, z_2^1..z_2^N, ...]``. We keep it as *groups*: a tensor of shape
 ``[L, k, b, h]`` (token group i = its k slots) whose flattening to ``[k*L, b, h]`` is the slot
 order. Every operation here works on whole groups, so it is correct on any shard that holds
-whole groups (sequence-parallel and context-parallel shards do, see DESIGN.md) and needs no
+whole groups (sequence-parallel and context-parallel shards do, see docs/parallelism.md) and needs no
 communication.
 """
 

@@ -10,7 +10,7 @@
   imported only on that path, never on a machine without CUDA.
 
 With ``parallel_residual=True`` either spec builds GPT-NeoX's layer (``x + attn(ln1 x) + mlp(ln2 x)``,
-:mod:`megatron_ponder.model.parallel_residual`), same modules and weights.
+:mod:`megatron_ponder.model.neox_layer`), same modules and weights.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_ponder.model.parallel_residual import ParallelResidualTransformerLayer
+from megatron_ponder.model.neox_layer import ParallelResidualTransformerLayer
 from megatron_ponder.model.context_parallel_attention import ContextParallelLocalAttention
 from megatron_ponder.runtime.transformer_engine import transformer_engine_unusable_reason
 

@@ -4,7 +4,8 @@ Megatron-Core 0.16.1 assumes CUDA in a handful of places (device of freshly allo
 the CUDA RNG tracker, type checks on ``torch.cuda.*Tensor`` names, ``torch.cuda.synchronize``).
 On a machine without CUDA, :func:`enable_cpu_megatron` patches exactly those places so that the
 unmodified Megatron model, schedules, DDP, optimizer and ``dist_checkpointing`` run on CPU.
-The measurements behind each patch are in ``shared/reference/README.md``.
+Each patch's reason is in its docstring; the CPU test suite runs the unmodified Megatron paths
+through them.
 
 Contract:
   * acts only when ``torch.cuda.is_available()`` is False (GPU runs never touch it);
@@ -167,11 +168,6 @@ def enable_cpu_megatron() -> List[str]:
     _patch_tensor_type_names()
     _APPLIED.append("tensor_type_names")
     return list(_APPLIED)
-
-
-def cpu_megatron_enabled() -> bool:
-    """True once :func:`enable_cpu_megatron` has patched this process."""
-    return bool(_APPLIED)
 
 
 @contextlib.contextmanager

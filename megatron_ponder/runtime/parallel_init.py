@@ -3,8 +3,9 @@
 :func:`initialize_parallel`, used by the tests and the training entry point, starts
 ``torch.distributed`` from torchrun's environment (or as a world of one), applies the CPU
 runtime when there is no GPU, builds Megatron's TP/PP/CP/DP groups and seeds the
-model-parallel RNG tracker; :func:`shutdown_parallel` ends a run on every rank together.
-:func:`configure_pipeline_p2p` adapts the schedules' p2p settings to the backend.
+model-parallel RNG tracker; :func:`shutdown_parallel` ends a run on every rank together;
+:func:`print_rank0` prints once per job. :func:`configure_pipeline_p2p` adapts the schedules'
+p2p settings to the backend.
 """
 
 from __future__ import annotations
@@ -119,3 +120,9 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def print_rank0(*parts) -> None:
+    """``print`` on rank 0 only (on every call before torch.distributed starts)."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*parts, flush=True)

@@ -28,8 +28,3 @@ def transformer_engine_unusable_reason() -> Optional[str]:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         return f"transformer_engine.pytorch does not import ({first_line}): {GPU_EXTRA_HINT}"
     return None
-
-
-def transformer_engine_usable() -> bool:
-    """True on a CUDA machine where ``transformer_engine.pytorch`` imports."""
-    return transformer_engine_unusable_reason() is None

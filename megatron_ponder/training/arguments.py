@@ -2,15 +2,19 @@
 
 Model shape comes from ``--preset`` (see :mod:`megatron_ponder.training.presets`) and any of
 ``--num-layers/--hidden-size/...`` override it. The method's own flags are ``--ponder-*``,
-``--num-latent-thoughts`` and ``--jacobi-*``. :func:`validate_args` turns every inconsistency
-into a one-line :class:`ArgumentError` that names the flag and the fix.
+``--num-latent-thoughts`` and ``--jacobi-*``. A flag that sets a PonderConfig field is spelled
+as the field (``--jacobi-train-rounds`` sets ``jacobi_train_rounds``), so the config is built by
+field name (:mod:`megatron_ponder.training.model_config`); older spellings still parse
+(:data:`OLD_SPELLINGS`). :func:`validate_args` turns every inconsistency into a one-line
+:class:`ArgumentError` that names the flag and the fix; :func:`finalize_args` also writes the
+sizes that follow from the world size (:func:`derive_run_sizes`) into the arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -36,11 +40,50 @@ def _jacobi_range(text: str):
     return tuple(values)
 
 
+# Old flag -> the flag that replaced it (hidden from --help, parsed to the same destination).
+OLD_SPELLINGS = {
+    "--jacobi-iters": "--jacobi-train-rounds",
+    "--jacobi-eval-iters": "--jacobi-eval-rounds",
+    "--ponder-replace": "--no-ponder-accumulate",
+    "--no-fp8-mixing": "--no-ponder-fp8-mixing",
+}
+# Saved-argument names of checkpoints written before the renames -> (name now, value map).
+_OLD_DESTS = {
+    "jacobi_iters": ("jacobi_train_rounds", lambda value: value),
+    "jacobi_eval_iters": ("jacobi_eval_rounds", lambda value: value),
+    "ponder_replace": ("ponder_accumulate", lambda value: not value),
+    "no_fp8_mixing": ("ponder_fp8_mixing", lambda value: not value),
+    "fp8_format": ("fp8", lambda value: value),
+}
+
+
+def _old_spelling(group, flag: str, **how) -> None:
+    """Parse ``flag`` (an :data:`OLD_SPELLINGS` key) as its replacement, without listing it."""
+    group.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **how)
+
+
+def upgrade_saved_args(saved: Dict[str, Any]) -> Dict[str, Any]:
+    """Arguments saved in a checkpoint, with destinations renamed since then under today's names."""
+    upgraded = {}
+    for key, value in saved.items():
+        name, convert = _OLD_DESTS.get(key, (key, lambda v: v))
+        if name not in saved or name == key:
+            upgraded[name] = convert(value)
+    return upgraded
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="megatron_ponder.pretrain",
         description="Pretrain a GPT that ponders (PonderLM) or thinks in latent thoughts (PonderLM-2) on Megatron-Core.",
     )
+    for add_flags in (_model_flags, _method_flags, _parallel_flags, _schedule_flags, _precision_flags,
+                      _data_flags, _io_flags):
+        add_flags(parser)
+    return parser
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--preset", default="cpu-tiny", choices=sorted(PRESETS), help="model shape (default: cpu-tiny)")
     model.add_argument("--architecture", choices=["llama", "gpt2", "neox"], default=None,
@@ -71,23 +114,33 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--hidden-dropout", type=float, default=0.0)
     model.add_argument("--attention-dropout", type=float, default=0.0)
 
+
+def _method_flags(parser: argparse.ArgumentParser) -> None:
     method = parser.add_argument_group("pondering / latent thoughts")
     method.add_argument("--ponder-mode", choices=["none", "ponder", "latent"], default="latent")
     method.add_argument("--ponder-steps", type=int, default=3, help="ponder: feedback passes S")
-    method.add_argument("--ponder-replace", action="store_true", help="ponder: cur = e_0 + p@E instead of cur += p@E")
+    method.add_argument("--ponder-accumulate", action=argparse.BooleanOptionalAction, default=True,
+                        help="ponder: cur += p@E (default), or with --no-ponder-accumulate cur = e_0 + p@E")
+    _old_spelling(method, "--ponder-replace", dest="ponder_accumulate", action="store_false")
     method.add_argument("--ponder-topk", type=int, default=None, metavar="K",
                         help="ponder: mix only the K most probable tokens (softmax over their K logits; "
                              "default: the whole vocabulary)")
-    method.add_argument("--no-fp8-mixing", action="store_true",
-                        help="ponder with --fp8-format: keep the dense mixing GEMM p@E in BF16 instead of FP8")
+    method.add_argument("--ponder-fp8-mixing", action=argparse.BooleanOptionalAction, default=True,
+                        help="ponder with --fp8-format: the dense mixing GEMM p@E in FP8 (default), or with "
+                             "--no-ponder-fp8-mixing in BF16")
+    _old_spelling(method, "--no-fp8-mixing", dest="ponder_fp8_mixing", action="store_false")
     method.add_argument("--num-latent-thoughts", type=int, default=1, help="latent: thoughts N per token")
-    method.add_argument("--jacobi-iters", type=_jacobi_range, default=(2, 3),
+    method.add_argument("--jacobi-train-rounds", type=_jacobi_range, default=(2, 3), metavar="LO,HI",
                         help="latent: Jacobi rounds J per training step, N or LO,HI drawn per step (default 2,3)")
-    method.add_argument("--jacobi-eval-iters", type=int, default=3, help="latent: J at evaluation")
+    _old_spelling(method, "--jacobi-iters", dest="jacobi_train_rounds", type=_jacobi_range)
+    method.add_argument("--jacobi-eval-rounds", type=int, default=3, help="latent: J at evaluation")
+    _old_spelling(method, "--jacobi-eval-iters", dest="jacobi_eval_rounds", type=int)
     method.add_argument("--jacobi-seed", type=int, default=0)
     method.add_argument("--input-embedding-scale", type=float, default=None,
                         help="multiplier of E(x) (default: 1/init-method-std in latent mode, else 1)")
 
+
+def _parallel_flags(parser: argparse.ArgumentParser) -> None:
     parallel = parser.add_argument_group("parallelism")
     parallel.add_argument("--tensor-model-parallel-size", type=int, default=1)
     parallel.add_argument("--pipeline-model-parallel-size", type=int, default=1)
@@ -95,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     parallel.add_argument("--sequence-parallel", action="store_true")
     parallel.add_argument("--use-distributed-optimizer", action="store_true")
 
+
+def _schedule_flags(parser: argparse.ArgumentParser) -> None:
     batch = parser.add_argument_group("batch and schedule")
     batch.add_argument("--micro-batch-size", type=int, default=4)
     batch.add_argument("--global-batch-size", type=int, default=None, help="default: micro x data-parallel size")
@@ -113,9 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--clip-grad", type=float, default=1.0)
     batch.add_argument("--seed", type=int, default=1234)
 
+
+def _precision_flags(parser: argparse.ArgumentParser) -> None:
     precision = parser.add_argument_group("precision and memory")
     precision.add_argument("--bf16", action="store_true")
-    precision.add_argument("--fp8-format", choices=["e4m3", "hybrid"], default=None,
+    # Megatron-LM's spelling and destination: --fp8-format sets the config field fp8.
+    precision.add_argument("--fp8-format", dest="fp8", choices=["e4m3", "hybrid"], default=None,
                            help="FP8 GEMMs through Transformer Engine (GPU, needs --bf16): e4m3 everywhere, "
                                 "or hybrid (E4M3 forward, E5M2 gradients)")
     precision.add_argument("--fp8-recipe", choices=["delayed", "tensorwise", "mxfp8", "blockwise"], default="delayed",
@@ -129,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("--recompute-method", choices=["uniform", "block"], default="uniform")
     precision.add_argument("--recompute-num-layers", type=int, default=1)
 
+
+def _data_flags(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data-path", nargs="+", default=None,
                       help="indexed dataset prefixes, optionally weighted: [W1] PREFIX1 [W2] PREFIX2 ...")
@@ -148,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="dali: processes that read token windows ahead of the step (0: read in the "
                            "training process; CPU-only pipelines)")
 
+
+def _io_flags(parser: argparse.ArgumentParser) -> None:
     io = parser.add_argument_group("checkpoints and logging")
     io.add_argument("--save", default=None, help="checkpoint folder")
     io.add_argument("--load", default=None, help="resume from the latest checkpoint here (if any)")
@@ -161,7 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="append one JSON line per step and evaluation (full-precision loss, grad norm, lr)")
     io.add_argument("--nan-policy", choices=["stop", "skip"], default="stop",
                     help="non-finite loss: stop the run, or skip that step's update")
-    return parser
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -184,21 +245,52 @@ def apply_preset(args: argparse.Namespace) -> None:
         args.lr_warmup_iters = min(20, args.lr_decay_iters // 5)
 
 
-def validate_args(args: argparse.Namespace, world_size: int) -> None:
-    """Raise :class:`ArgumentError` (one line, names the flag) for a run that cannot work."""
+class RunSizes(NamedTuple):
+    """The sizes a run's flags and world size imply."""
 
-    def fail(message: str):
-        raise ArgumentError(message)
+    data_parallel_size: int
+    global_batch_size: int
+    """``--global-batch-size``, by default micro-batch x data-parallel size."""
+    num_microbatches: int
+    """Microbatches per step on each data-parallel rank."""
 
+
+def derive_run_sizes(args: argparse.Namespace, world_size: int) -> RunSizes:
+    """Data-parallel size, global batch and microbatches per step; ArgumentError for parallel
+    sizes the world cannot hold. Reads ``args`` only."""
     tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
     for flag, value in (("--tensor-model-parallel-size", tp), ("--pipeline-model-parallel-size", pp),
                         ("--context-parallel-size", cp)):
         if value < 1:
-            fail(f"{flag} must be >= 1, got {value}")
+            raise ArgumentError(f"{flag} must be >= 1, got {value}")
     if world_size % (tp * pp * cp) != 0:
-        fail(f"world size {world_size} is not divisible by tensor x pipeline x context parallel = "
-             f"{tp}x{pp}x{cp} = {tp * pp * cp}: change the parallel sizes or the number of processes")
+        raise ArgumentError(f"world size {world_size} is not divisible by tensor x pipeline x context parallel = "
+                            f"{tp}x{pp}x{cp} = {tp * pp * cp}: change the parallel sizes or the number of processes")
     dp = world_size // (tp * pp * cp)
+    global_batch = args.global_batch_size if args.global_batch_size is not None else args.micro_batch_size * dp
+    return RunSizes(dp, global_batch, global_batch // (args.micro_batch_size * dp))
+
+
+def finalize_args(args: argparse.Namespace, world_size: int) -> RunSizes:
+    """:func:`validate_args`, then store the derived sizes in ``args`` (the global batch default,
+    ``data_parallel_size``, ``num_microbatches``): the one place they are written."""
+    sizes = validate_args(args, world_size)
+    args.global_batch_size = sizes.global_batch_size
+    args.data_parallel_size = sizes.data_parallel_size
+    args.num_microbatches = sizes.num_microbatches
+    return sizes
+
+
+def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
+    """Raise :class:`ArgumentError` (one line, names the flag) for a run that cannot work;
+    returns the run's sizes. Does not change ``args``."""
+
+    def fail(message: str):
+        raise ArgumentError(message)
+
+    sizes = derive_run_sizes(args, world_size)
+    tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
+    dp, microbatches = sizes.data_parallel_size, sizes.num_microbatches
     heads, groups = args.num_attention_heads, args.num_query_groups or args.num_attention_heads
     if args.hidden_size % heads != 0:
         fail(f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads {heads}")
@@ -216,12 +308,9 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
     if args.sequence_parallel and tp == 1:
         fail("--sequence-parallel needs --tensor-model-parallel-size > 1")
     check_sequence_layout(args.seq_length, tp, args.sequence_parallel, cp, length_name="--seq-length")
-    if args.global_batch_size is None:
-        args.global_batch_size = args.micro_batch_size * dp
-    if args.global_batch_size % (args.micro_batch_size * dp) != 0:
-        fail(f"--global-batch-size {args.global_batch_size} is not a multiple of --micro-batch-size "
+    if sizes.global_batch_size % (args.micro_batch_size * dp) != 0:
+        fail(f"--global-batch-size {sizes.global_batch_size} is not a multiple of --micro-batch-size "
              f"{args.micro_batch_size} x data-parallel size {dp}")
-    microbatches = args.global_batch_size // (args.micro_batch_size * dp)
     if pp > 1 and microbatches < pp:
         fail(f"{microbatches} microbatches per step for {pp} pipeline stages: raise "
              "--global-batch-size to at least micro-batch x data-parallel x pipeline size")
@@ -237,9 +326,9 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
     if args.ponder_topk is not None and args.ponder_mode != "ponder":
         fail(f"--ponder-topk only applies to --ponder-mode ponder (got {args.ponder_mode})")
     _check_precision(args, fail)
-    lo, hi = args.jacobi_iters
+    lo, hi = args.jacobi_train_rounds
     if lo < 0 or lo > hi:
-        fail(f"--jacobi-iters {lo},{hi} is not a range LO <= HI with LO >= 0")
+        fail(f"--jacobi-train-rounds {lo},{hi} is not a range LO <= HI with LO >= 0")
     sources = [bool(args.data_path), args.mock_data, bool(args.default_corpus)]
     if sum(sources) != 1:
         fail("give exactly one data source: --data-path PREFIX..., --mock-data or --default-corpus DIR")
@@ -260,21 +349,20 @@ def validate_args(args: argparse.Namespace, world_size: int) -> None:
         fail("--save-interval needs --save DIR")
     if args.save:
         _check_writable(args.save)
-    args.data_parallel_size = dp
-    args.num_microbatches = microbatches
+    return sizes
 
 
 def _check_precision(args: argparse.Namespace, fail) -> None:
     """FP8 and the Transformer Engine layers need a GPU with TE; checked without importing TE on CPU."""
     from megatron_ponder.runtime.transformer_engine import transformer_engine_unusable_reason
 
-    wants_te = args.fp8_format is not None or args.transformer_impl == "transformer_engine"
+    wants_te = args.fp8 is not None or args.transformer_impl == "transformer_engine"
     if wants_te:
         reason = transformer_engine_unusable_reason()
         if reason is not None:
-            flag = "--fp8-format" if args.fp8_format is not None else "--transformer-impl transformer_engine"
+            flag = "--fp8-format" if args.fp8 is not None else "--transformer-impl transformer_engine"
             fail(f"{flag} needs Transformer Engine on a GPU: {reason}")
-    if args.fp8_format is not None:
+    if args.fp8 is not None:
         if args.transformer_impl == "local":
             fail("--fp8-format needs the Transformer Engine layers: drop --transformer-impl local")
         if not args.bf16:

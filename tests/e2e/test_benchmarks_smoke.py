@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from torchrun import child_env
+from support.torchrun import child_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,22 +32,22 @@ def test_mode_cost_benchmark_tiny(tmp_path):
     env = child_env()  # one thread; no MASTER_PORT of this process's own world of one
     printed = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "mode_cost.py"), "--tiny", "--repeats", "1",
-         "--modes", "none,ponder S=2,latent N=1 J=1", "--recomputes", "off,full", "--output", str(output)],
+         "--modes", "none,ponder S=2,latent N=1 J=1", "--recomputes", "none,full", "--output", str(output)],
         env=env, cwd=REPO, check=True, capture_output=True, text=True,
     ).stdout
     report = output.read_text()
     assert report.strip() in printed
     times = table(report, "| mode | recompute | GFLOP/step")
     assert [(r["mode"], r["recompute"]) for r in times] == [
-        ("none", "off"), ("ponder S=2", "off"), ("latent N=1 J=1", "off"), ("none", "full")]
+        ("none", "none"), ("ponder S=2", "none"), ("latent N=1 J=1", "none"), ("none", "full")]
     flop_ratio = {(r["mode"], r["recompute"]): float(r["FLOP model x"]) for r in times}
-    assert flop_ratio[("none", "off")] == 1.0
+    assert flop_ratio[("none", "none")] == 1.0
     # the FLOP model counts every pass: S=2 pays 3 passes, latent N=1 J=1 one L pass + two 2L passes
-    assert 3.0 < flop_ratio[("ponder S=2", "off")] < 4.0
-    assert 4.0 < flop_ratio[("latent N=1 J=1", "off")] < 6.0
+    assert 3.0 < flop_ratio[("ponder S=2", "none")] < 4.0
+    assert 4.0 < flop_ratio[("latent N=1 J=1", "none")] < 6.0
     assert flop_ratio[("none", "full")] > 1.0  # recompute adds a forward of the layers
     assert all(float(r["CPU ms"]) > 0 and float(r["wall ms"]) > 0 for r in times)
-    memory = table(report, "| mode | recompute off MiB")
+    memory = table(report, "| mode | recompute none MiB")
     assert [r["mode"] for r in memory] == ["none"]  # the only memory mode among those asked for
-    assert float(memory[0]["recompute off MiB"]) > 0 and float(memory[0]["recompute full MiB"]) > 0
+    assert float(memory[0]["recompute none MiB"]) > 0 and float(memory[0]["recompute full MiB"]) > 0
     assert memory[0]["recompute selective MiB"] == "-"

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from torchrun import REPO, child_env
+from support.torchrun import REPO, child_env
 
 TOOL = str(REPO / "tools" / "convert_checkpoint.py")
 

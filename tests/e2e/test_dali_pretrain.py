@@ -5,8 +5,8 @@ same sample."""
 import json
 
 import pytest
-from indexed_documents import write_random_documents
-from torchrun import run_torchrun
+from support.indexed_documents import write_random_documents
+from support.torchrun import run_torchrun
 
 PRETRAIN = "-m megatron_ponder.pretrain"
 VOCAB = 128
@@ -32,7 +32,7 @@ def test_dali_run_saved_and_resumed_matches_the_default_loader(tmp_path, data_pr
     base = ["--data-path", data_prefix, "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB),
             "--split", "9,1,0", "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "8",
             "--train-iters", "4", "--lr-warmup-iters", "1", "--eval-iters", "1", "--eval-interval", "3",
-            "--log-interval", "1", "--ponder-mode", "latent", "--jacobi-iters", "2",
+            "--log-interval", "1", "--ponder-mode", "latent", "--jacobi-train-rounds", "2",
             "--data-cache-path", str(tmp_path / "cache")]
     default, dali, checkpoints = tmp_path / "default.jsonl", tmp_path / "dali.jsonl", tmp_path / "ckpt"
     run_torchrun(PRETRAIN, 2, base + ["--metrics-file", default])

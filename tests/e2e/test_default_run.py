@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from torchrun import REPO, child_env
+from support.torchrun import REPO, child_env
 
 
 @pytest.mark.slow

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tiny_models import relative_error
-from torchrun import run_torchrun
+from support.tiny_models import relative_error
+from support.torchrun import run_torchrun
 
 from megatron_ponder.hf.export import export_checkpoint, load_single_process_model
 from megatron_ponder.hf.import_hf import import_hf_model

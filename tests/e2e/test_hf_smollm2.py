@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import relative_error
-from torchrun import run_torchrun
+from support.tiny_models import relative_error
+from support.torchrun import run_torchrun
 
 from megatron_ponder.hf.export import load_single_process_model
 from megatron_ponder.hf.import_hf import import_hf_model, load_hf_model
@@ -58,7 +58,7 @@ def test_smollm2_import_gives_hf_logits_and_continues_in_latent_mode(megatron_wo
     metrics = tmp_path / "metrics.jsonl"
     result = run_torchrun("-m megatron_ponder.pretrain", 1, [
         "--load", tmp_path / "megatron", "--no-load-optim", *flags, "--ponder-mode", "latent",
-        "--jacobi-iters", "1", "--mock-data", "--seq-length", "16", "--micro-batch-size", "1",
+        "--jacobi-train-rounds", "1", "--mock-data", "--seq-length", "16", "--micro-batch-size", "1",
         "--train-iters", "2", "--lr", "1e-5", "--min-lr", "1e-6", "--eval-iters", "0",
         "--log-interval", "1", "--metrics-file", metrics,
     ])

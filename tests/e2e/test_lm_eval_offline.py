@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hf_tiny_models import save_ponder_lm, tiny_ponder_lm
+from support.hf_tiny_models import save_ponder_lm, tiny_ponder_lm
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 

@@ -13,7 +13,7 @@ import json
 import subprocess
 import sys
 
-from torchrun import REPO, child_env
+from support.torchrun import REPO, child_env
 
 CHILD = r"""
 import importlib, json, pkgutil, sys, traceback

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from torchrun import REPO, run_torchrun, child_env
+from support.torchrun import REPO, run_torchrun, child_env
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ import time
 
 import pytest
 
-from torchrun import run_torchrun, child_env, torchrun_command
+from support.torchrun import run_torchrun, child_env, torchrun_command
 
 PRETRAIN = "-m megatron_ponder.pretrain"
 BASE = [
     "--mock-data", "--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "8",
     "--lr-warmup-iters", "2", "--eval-iters", "0", "--log-interval", "1", "--ponder-mode", "latent",
-    "--jacobi-iters", "1,3",
+    "--jacobi-train-rounds", "1,3",
 ]
 
 

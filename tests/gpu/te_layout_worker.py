@@ -10,21 +10,16 @@ layouts can be compared tightly) and rank 0 writes the losses and grad norms of 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-import warnings
 
-sys.path[:0] = [os.path.join(os.path.dirname(__file__), ".."), os.path.join(os.path.dirname(__file__), "..", "..")]
-warnings.filterwarnings("ignore")
+import torch
 
-import torch  # noqa: E402
+from support.worker import run_worker, save_initial_checkpoint, train_from_checkpoint
 
 GLOBAL_BATCH, MICRO_BATCH = 4, 2
 
 
 def microbatches(step: int):
-    from gpu_models import BATCH, batch
+    from support.gpu_models import BATCH, batch
 
     assert BATCH == MICRO_BATCH
     out = []
@@ -35,51 +30,40 @@ def microbatches(step: int):
     return out
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser()
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--sp", action="store_true")
-    parser.add_argument("--modes", default="none,ponder,ponder_topk,latent")
+    parser.add_argument("--modes", default="none,ponder,ponder_topk,latent1")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--init", required=True)
     parser.add_argument("--save-init", action="store_true")
     parser.add_argument("--out")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    from megatron.core import dist_checkpointing
+
+def train_modes(args):
+    """The initial checkpoint (``--save-init``, TP=1), or every mode's losses and grad norms."""
     from megatron.core.optimizer import OptimizerConfig
 
-    from gpu_models import SEQ, te_model
-    from megatron_ponder.runtime.parallel_init import initialize_parallel, shutdown_parallel
-    from megatron_ponder.training.optimizer import wrap_and_build_optimizer
-    from megatron_ponder.training.step import train_step
+    from megatron_ponder.runtime.parallel_init import initialize_parallel
+    from support.gpu_models import SEQ, te_model
 
     torch.backends.cuda.matmul.allow_tf32 = False
     initialize_parallel(tensor_model_parallel_size=args.tp)
     fields = dict(tensor_model_parallel_size=args.tp, sequence_parallel=args.sp)
     if args.save_init:
-        model = te_model("none", "transformer_engine", dtype=torch.float32, **fields)
-        os.makedirs(args.init, exist_ok=True)
-        dist_checkpointing.save(model.sharded_state_dict(), args.init)
-        shutdown_parallel()
-        return
+        save_initial_checkpoint(te_model("none", "transformer_engine", dtype=torch.float32, **fields), args.init)
+        return None
     results = {}
     for mode in args.modes.split(","):
         model = te_model(mode, "transformer_engine", dtype=torch.float32, **fields)
-        model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), args.init))
-        chunks, optimizer = wrap_and_build_optimizer(
-            [model], OptimizerConfig(optimizer="adam", lr=1e-3, clip_grad=1.0, adam_eps=1e-3))
-        losses, norms = [], []
-        for step in range(args.steps):
-            result = train_step(chunks, optimizer, microbatches(step), MICRO_BATCH, SEQ, iteration=step)
-            losses.append(result.loss)
-            norms.append(result.grad_norm)
-        results[mode] = dict(losses=losses, grad_norms=norms)
-    if torch.distributed.get_rank() == 0 and args.out:
-        with open(args.out, "w") as handle:
-            json.dump(results, handle, indent=1)
-    shutdown_parallel()
+        optimizer_config = OptimizerConfig(optimizer="adam", lr=1e-3, clip_grad=1.0, adam_eps=1e-3)
+        results[mode] = train_from_checkpoint(model, args.init, optimizer_config, args.steps, microbatches,
+                                              MICRO_BATCH, SEQ)
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    arguments = parse_args()
+    run_worker(lambda: train_modes(arguments), arguments.out)

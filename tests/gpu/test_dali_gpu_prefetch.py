@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from indexed_documents import write_random_documents
+from support.indexed_documents import write_random_documents
 
 pytestmark = [
     pytest.mark.gpu,

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gpu_models import MODES, loss_and_grads, requires_fp8, te_model
+from support.gpu_models import MODES, loss_and_grads, requires_fp8, te_model
 from megatron_ponder.model.fp8_emulation import emulated_fp8_mixing
 
 pytestmark = [pytest.mark.gpu, requires_fp8]

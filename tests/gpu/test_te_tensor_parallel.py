@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpu_models import requires_transformer_engine
-from torchrun import run_torchrun
+from support.gpu_models import requires_transformer_engine
+from support.torchrun import run_torchrun
 
 WORKER = Path(__file__).with_name("te_layout_worker.py")
 

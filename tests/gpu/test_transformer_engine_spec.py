@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gpu_models import MODES, loss_and_grads, requires_transformer_engine, te_model
+from support.gpu_models import MODES, loss_and_grads, requires_transformer_engine, te_model
 from megatron_ponder.model.specs import resolve_transformer_impl
 
 pytestmark = [pytest.mark.gpu, requires_transformer_engine]

@@ -12,16 +12,11 @@ module-level names at import time).
 from __future__ import annotations
 
 import collections
-import json
-import os
 import sys
-import warnings
 
-sys.path[:0] = [os.path.join(os.path.dirname(__file__), ".."), os.path.join(os.path.dirname(__file__), "..", "..")]
-warnings.filterwarnings("ignore")
+import torch
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+from support.worker import run_worker, wrap_collectives
 
 COUNTS: collections.Counter = collections.Counter()
 COLLECTIVES = [
@@ -30,21 +25,7 @@ COLLECTIVES = [
     "send", "recv", "isend", "irecv", "batch_isend_irecv", "barrier",
 ]
 
-
-def _instrument():
-    for name in COLLECTIVES:
-        original = getattr(dist, name, None)
-        if original is None:
-            continue
-
-        def counted(*args, __original=original, __name=name, **kwargs):
-            COUNTS[__name] += 1
-            return __original(*args, **kwargs)
-
-        setattr(dist, name, counted)
-
-
-_instrument()
+wrap_collectives(COLLECTIVES, lambda name, args, kwargs: COUNTS.update([name]))
 
 
 def count(fn) -> dict:
@@ -53,10 +34,9 @@ def count(fn) -> dict:
     return dict(COUNTS)
 
 
-def main():
-    out_path = sys.argv[1]
+def count_collectives() -> dict:
     from megatron_ponder.runtime.parallel_init import initialize_parallel
-    from tiny_models import random_batch, tiny_model
+    from support.tiny_models import random_batch, tiny_model
 
     initialize_parallel(tensor_model_parallel_size=2)
     tokens, labels, positions = random_batch(2, 8)
@@ -79,13 +59,8 @@ def main():
         results[f"latent_N{thoughts}_J{rounds}"] = count(
             lambda: latent(tokens, positions, None, labels=labels, num_jacobi_rounds=rounds).sum().backward()
         )
-    if dist.get_rank() == 0:
-        with open(out_path, "w") as handle:
-            json.dump(results, handle, indent=1)
+    return results
 
 
 if __name__ == "__main__":
-    from megatron_ponder.runtime.parallel_init import shutdown_parallel
-
-    main()
-    shutdown_parallel()
+    run_worker(count_collectives, sys.argv[1])

@@ -11,26 +11,18 @@ these numbers across layouts.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import sys
-import warnings
 
-sys.path[:0] = [os.path.join(os.path.dirname(__file__), ".."), os.path.join(os.path.dirname(__file__), "..", "..")]
-warnings.filterwarnings("ignore")
+import torch
 
-import torch  # noqa: E402
+from megatron_ponder.variants import MODES as METHOD_MODES
+from megatron_ponder.variants import RECOMPUTE, variant
+from support.worker import run_worker, save_initial_checkpoint, train_from_checkpoint
 
 # Mode name -> PonderConfig fields. Latent modes draw J per step from (1, 3).
-MODES = {
-    "none": dict(ponder_mode="none"),
-    "ponder": dict(ponder_mode="ponder", ponder_steps=2),
-    "latent1": dict(ponder_mode="latent", num_latent_thoughts=1, jacobi_train_rounds=(1, 3)),
-    "latent2": dict(ponder_mode="latent", num_latent_thoughts=2, jacobi_train_rounds=(1, 3)),
-    # Top-K mixing (8 of the 64 tokens); only where the test asks for it (--modes).
-    "ponder_topk": dict(ponder_mode="ponder", ponder_steps=2, ponder_topk=8),
-}
-DEFAULT_MODES = ("none", "ponder", "latent1", "latent2")
+MODES = {name: variant(name, rounds=(1, 3)) for name in METHOD_MODES}
+# Top-K mixing (8 of the 64 tokens); only where the test asks for it (--modes).
+MODES["ponder_topk"] = variant("ponder", ponder_topk=8)
+DEFAULT_MODES = tuple(METHOD_MODES)
 SEQ_LENGTH = 8
 GLOBAL_BATCH = 8
 # Adam's first steps move every weight by about lr * sign(g): with the default eps (1e-8) a weight
@@ -42,7 +34,7 @@ ADAM_EPS = 1e-3
 
 def global_batch(step: int):
     """The same [GLOBAL_BATCH, L] samples on every rank and in every layout."""
-    from tiny_models import random_batch
+    from support.tiny_models import random_batch
 
     tokens, labels, positions = random_batch(GLOBAL_BATCH, SEQ_LENGTH, seed=1000 + step)
     loss_mask = torch.ones_like(tokens)
@@ -64,13 +56,8 @@ def microbatches(step: int, dp_rank: int, dp_size: int, micro_batch_size: int):
 
 
 def build(args, mode_fields):
-    from tiny_models import tiny_model
+    from support.tiny_models import tiny_model
 
-    recompute = {
-        "none": {},
-        "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
-        "selective": dict(recompute_granularity="selective"),
-    }[args.recompute]
     return tiny_model(
         args.style,
         tied=False if args.untied else None,
@@ -80,18 +67,18 @@ def build(args, mode_fields):
         context_parallel_size=args.cp,
         sequence_parallel=args.sp,
         calculate_per_token_loss=True,
-        **recompute,
+        **RECOMPUTE[args.recompute],
         **mode_fields,
     )
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser()
     parser.add_argument("--style", default="llama")
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--cp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
-    parser.add_argument("--recompute", choices=["none", "full", "selective"], default="none")
+    parser.add_argument("--recompute", choices=list(RECOMPUTE), default="none")
     parser.add_argument("--untied", action="store_true", help="GPT-2 style with untied embeddings")
     parser.add_argument("--sp", action="store_true")
     parser.add_argument("--distributed-optimizer", action="store_true")
@@ -101,14 +88,15 @@ def main():
     parser.add_argument("--init", required=True, help="initial checkpoint folder")
     parser.add_argument("--save-init", action="store_true", help="only write the initial checkpoint")
     parser.add_argument("--out", help="JSON results (rank 0 writes)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    from megatron.core import dist_checkpointing, parallel_state
+
+def train_modes(args):
+    """The initial checkpoint (``--save-init``), or every mode's losses and grad norms."""
+    from megatron.core import parallel_state
     from megatron.core.optimizer import OptimizerConfig
 
     from megatron_ponder.runtime.parallel_init import initialize_parallel
-    from megatron_ponder.training.optimizer import wrap_and_build_optimizer
-    from megatron_ponder.training.step import train_step
 
     initialize_parallel(
         tensor_model_parallel_size=args.tp,
@@ -116,37 +104,23 @@ def main():
         context_parallel_size=args.cp,
     )
     if args.save_init:
-        model = build(args, MODES["none"])
-        os.makedirs(args.init, exist_ok=True)
-        dist_checkpointing.save(model.sharded_state_dict(), args.init)
-        return
+        save_initial_checkpoint(build(args, MODES["none"]), args.init)
+        return None
 
     dp_rank = parallel_state.get_data_parallel_rank()
     dp_size = parallel_state.get_data_parallel_world_size()
     results = {}
     for mode in args.modes.split(","):
         torch.manual_seed(1234)
-        model = build(args, MODES[mode])
-        model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), args.init))
-        chunks, optimizer = wrap_and_build_optimizer(
-            [model],
-            OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=1.0, weight_decay=0.01, adam_eps=ADAM_EPS,
-                            use_distributed_optimizer=args.distributed_optimizer),
-        )
-        losses, grad_norms = [], []
-        for step in range(args.steps):
-            batches = microbatches(step, dp_rank, dp_size, args.micro_batch_size)
-            result = train_step(chunks, optimizer, batches, args.micro_batch_size, SEQ_LENGTH, iteration=step)
-            losses.append(result.loss)
-            grad_norms.append(result.grad_norm)
-        results[mode] = dict(losses=losses, grad_norms=grad_norms)
-    if torch.distributed.get_rank() == 0 and args.out:
-        with open(args.out, "w") as handle:
-            json.dump(results, handle, indent=1)
+        optimizer_config = OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=1.0, weight_decay=0.01,
+                                           adam_eps=ADAM_EPS, use_distributed_optimizer=args.distributed_optimizer)
+        results[mode] = train_from_checkpoint(
+            build(args, MODES[mode]), args.init, optimizer_config, args.steps,
+            lambda step: microbatches(step, dp_rank, dp_size, args.micro_batch_size), args.micro_batch_size,
+            SEQ_LENGTH)
+    return results
 
 
 if __name__ == "__main__":
-    from megatron_ponder.runtime.parallel_init import shutdown_parallel
-
-    main()
-    shutdown_parallel()
+    arguments = parse_args()
+    run_worker(lambda: train_modes(arguments), arguments.out)

@@ -15,15 +15,13 @@ import argparse
 import collections
 import gc
 import json
-import os
-import sys
-import warnings
 
-sys.path[:0] = [os.path.join(os.path.dirname(__file__), ".."), os.path.join(os.path.dirname(__file__), "..", "..")]
-warnings.filterwarnings("ignore")
+import torch
+import torch.distributed as dist
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+from megatron_ponder.variants import MODES as METHOD_MODES
+from megatron_ponder.variants import RECOMPUTE, variant
+from support.worker import run_worker, wrap_collectives
 
 # (parallelism, op) -> payload bytes; ``GROUPS`` maps process groups to parallelisms once built.
 PAYLOAD: collections.Counter = collections.Counter()
@@ -57,22 +55,19 @@ PAYLOADS = {
 }
 
 
+def _record(name: str, args: tuple, kwargs: dict) -> None:
+    if not RECORDING[0]:
+        return
+    op, payload, group_position = PAYLOADS[name]
+    group = _group_of(kwargs, args, group_position)
+    if dist.get_world_size(group) > 1:
+        # Megatron's p2p uses extra even/odd pipeline groups; p2p is only PP here.
+        kind = "pp" if op in ("send", "recv") else GROUPS.get(group, "other")
+        PAYLOAD[(kind, op)] += payload(args, kwargs)
+
+
 def _instrument():
-    for name, (op, payload, group_position) in PAYLOADS.items():
-        original = getattr(dist, name, None)
-        if original is None:
-            continue
-
-        def counted(*args, __original=original, __op=op, __payload=payload, __pos=group_position, **kwargs):
-            if RECORDING[0]:
-                group = _group_of(kwargs, args, __pos)
-                if dist.get_world_size(group) > 1:
-                    # Megatron's p2p uses extra even/odd pipeline groups; p2p is only PP here.
-                    kind = "pp" if __op in ("send", "recv") else GROUPS.get(group, "other")
-                    PAYLOAD[(kind, __op)] += __payload(args, kwargs)
-            return __original(*args, **kwargs)
-
-        setattr(dist, name, counted)
+    wrap_collectives(PAYLOADS, _record)
     for name in ("batch_isend_irecv", "all_to_all", "all_to_all_single"):
 
         def refused(*args, __name=name, **kwargs):
@@ -83,17 +78,8 @@ def _instrument():
 
 _instrument()
 
-MODES = {
-    "none": dict(ponder_mode="none"),
-    "ponder": dict(ponder_mode="ponder", ponder_steps=2),
-    "latent1": dict(ponder_mode="latent", num_latent_thoughts=1, jacobi_train_rounds=(2, 2)),
-    "latent2": dict(ponder_mode="latent", num_latent_thoughts=2, jacobi_train_rounds=(2, 2)),
-}
-RECOMPUTE = {
-    "none": {},
-    "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
-    "selective": dict(recompute_granularity="selective"),
-}
+# J fixed at 2: the planner is asked about one step with a known J.
+MODES = {name: variant(name, rounds=(2, 2)) for name in METHOD_MODES}
 # Global batch 4 per data-parallel rank: 2 microbatches of 2 (the looped pipeline needs m >= pp).
 SEQ_LENGTH, MICRO_BATCH, MICROBATCHES = 8, 2, 2
 
@@ -113,7 +99,7 @@ def _map_groups():
 
 
 def _microbatches(dp_rank: int):
-    from tiny_models import random_batch
+    from support.tiny_models import random_batch
 
     tokens, labels, positions = random_batch(MICRO_BATCH * MICROBATCHES, SEQ_LENGTH, seed=dp_rank)
     return [
@@ -132,8 +118,8 @@ def measure_layout(layout: dict) -> dict:
     from megatron_ponder.runtime.parallel_init import initialize_parallel
     from megatron_ponder.training.optimizer import wrap_and_build_optimizer
     from megatron_ponder.training.step import train_step
-    from saved_tensor_probe import SavedTensorPeak, parameter_bytes
-    from tiny_models import tiny_model
+    from support.saved_tensor_probe import SavedTensorPeak, parameter_bytes
+    from support.tiny_models import tiny_model
 
     initialize_parallel(tensor_model_parallel_size=layout["tp"], pipeline_model_parallel_size=layout["pp"],
                         context_parallel_size=layout.get("cp", 1))
@@ -169,19 +155,11 @@ def measure_layout(layout: dict) -> dict:
     return results
 
 
-def main():
+if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--layouts", required=True, help="JSON: {name: {style, tp, pp, sp, distributed_optimizer, cases}}")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    layouts = json.loads(args.layouts)
-    results = {name: measure_layout(layout) for name, layout in layouts.items()}
-    with open(f"{args.out}.rank{dist.get_rank()}.json", "w") as handle:
-        json.dump(results, handle, indent=1)
-
-
-if __name__ == "__main__":
-    from megatron_ponder.runtime.parallel_init import shutdown_parallel
-
-    main()
-    shutdown_parallel()
+    arguments = parser.parse_args()
+    layouts = json.loads(arguments.layouts)
+    run_worker(lambda: {name: measure_layout(layout) for name, layout in layouts.items()}, arguments.out,
+               every_rank=True)

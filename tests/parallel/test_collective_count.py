@@ -3,7 +3,7 @@
 import json
 from pathlib import Path
 
-from torchrun import run_torchrun
+from support.torchrun import run_torchrun
 
 WORKER = Path(__file__).with_name("collective_count_worker.py")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from torchrun import run_torchrun
+from support.torchrun import run_torchrun
 
 WORKER = Path(__file__).with_name("layout_worker.py")
 MODES = ["none", "ponder", "latent1", "latent2"]

@@ -17,8 +17,8 @@ import pytest
 from megatron_ponder.planning.communication import step_traffic
 from megatron_ponder.planning.memory import activation_peak, stage_params
 from megatron_ponder.planning.shapes import Layout
-from planning_shapes import tiny_run
-from torchrun import run_torchrun
+from support.planning_shapes import tiny_run
+from support.torchrun import run_torchrun
 
 WORKER = Path(__file__).with_name("plan_measure_worker.py")
 # Every mode and every recompute policy appear in both the TP and the PP layout (one step each;

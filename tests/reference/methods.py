@@ -1,4 +1,4 @@
-"""The vanilla, pondering and latent-thought losses, written straight from DESIGN.md.
+"""The vanilla, pondering and latent-thought losses, written straight from docs/methods.md.
 
 All functions take a :class:`reference.model.ReferenceModel`, batch-first tensors
 ``tokens, labels, position_ids: [b, L]`` and return the per-token cross-entropy ``[b, L]`` in

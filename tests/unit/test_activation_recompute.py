@@ -4,13 +4,10 @@ mode: each pass of pondering and latent thoughts is recomputed exactly as it ran
 import pytest
 import torch
 
-from tiny_models import MODE_FIELDS, random_batch, tiny_model
+from megatron_ponder.variants import RECOMPUTE
+from support.tiny_models import MODE_FIELDS, random_batch, tiny_model
 
-RECOMPUTE = {
-    "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
-    "full-block": dict(recompute_granularity="full", recompute_method="block", recompute_num_layers=2),
-    "selective": dict(recompute_granularity="selective"),
-}
+RECOMPUTED = ["full", "full-block", "selective"]
 
 
 def _gradients(style, mode_fields, recompute_fields):
@@ -23,7 +20,7 @@ def _gradients(style, mode_fields, recompute_fields):
 
 
 @pytest.mark.parametrize("style", ["llama", "gpt2"])
-@pytest.mark.parametrize("recompute", list(RECOMPUTE))
+@pytest.mark.parametrize("recompute", RECOMPUTED)
 @pytest.mark.parametrize("mode", list(MODE_FIELDS))
 def test_recompute_gives_bit_identical_gradients(megatron_world_of_one, mode, recompute, style):
     loss, grads = _gradients(style, MODE_FIELDS[mode], {})

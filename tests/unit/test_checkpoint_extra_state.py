@@ -6,7 +6,7 @@ import torch
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.transformer.utils import make_sharded_object_for_checkpoint
-from tiny_models import tiny_model
+from support.tiny_models import tiny_model
 
 from megatron_ponder.training.checkpointing import without_absent_extra_state
 

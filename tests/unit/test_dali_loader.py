@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from indexed_documents import write_random_documents
+from support.indexed_documents import write_random_documents
 
 from megatron_ponder.data.dali_loader import DaliMicrobatchStream, import_dali, read_window
 from megatron_ponder.data.datasets import MicrobatchStream, build_gpt_datasets

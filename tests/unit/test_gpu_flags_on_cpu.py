@@ -7,7 +7,7 @@ import torch
 from megatron_ponder.config import PonderConfigError
 from megatron_ponder.model.specs import get_block_spec, resolve_transformer_impl
 from megatron_ponder.training.arguments import ArgumentError, parse_args, validate_args
-from tiny_models import tiny_config
+from support.tiny_models import tiny_config
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
 

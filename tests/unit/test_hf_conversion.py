@@ -21,15 +21,16 @@ import json
 import pytest
 import torch
 import transformers
-from tiny_models import relative_error
+from support.tiny_models import relative_error
 
 from megatron_ponder.hf.configs import ConversionError, megatron_flags_from_hf_config
 from megatron_ponder.hf.export import export_checkpoint, load_single_process_model
 from megatron_ponder.hf.import_hf import import_hf_model
-from megatron_ponder.pretrain import build_model, model_config
 from megatron_ponder.runtime.cpu import torch_factories_unpatched
 from megatron_ponder.training.arguments import parse_args
+from megatron_ponder.training.build import build_model
 from megatron_ponder.training.checkpointing import save_weights_checkpoint
+from megatron_ponder.training.model_config import model_config
 
 VOCAB, BATCH, LENGTH = 100, 2, 12
 SHAPES = {
@@ -105,7 +106,7 @@ EXPORT_MODES = {
     "ponder": dict(ponder_mode="ponder", ponder_steps=2),
     # K=8 of 100 tokens: a dense mixture in the exported model would give other logits.
     "ponder-topk": dict(ponder_mode="ponder", ponder_steps=2, ponder_topk=8),
-    "latent": dict(ponder_mode="latent", num_latent_thoughts=2, jacobi_eval_iters=2),
+    "latent": dict(ponder_mode="latent", num_latent_thoughts=2, jacobi_eval_rounds=2),
 }
 
 

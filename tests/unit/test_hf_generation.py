@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import pytest
-from hf_tiny_models import ARCHITECTURES, save_ponder_lm, tiny_ponder_lm
+from support.hf_tiny_models import ARCHITECTURES, save_ponder_lm, tiny_ponder_lm
 
 pytestmark = pytest.mark.usefixtures("single_intra_op_thread")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hf_tiny_models import tiny_ponder_lm
+from support.hf_tiny_models import tiny_ponder_lm
 from reference.methods import latent_loss, ponder_loss
 from reference.model import ReferenceArch, ReferenceModel
 

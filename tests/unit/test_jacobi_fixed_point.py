@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reference.methods import latent_sequential_loss
-from tiny_models import random_batch, reference_copy, relative_error, tiny_model
+from support.tiny_models import random_batch, reference_copy, relative_error, tiny_model
 
 FP32_FLOOR = 1e-6
 

@@ -1,4 +1,4 @@
-"""PonderGPTModel (Megatron) vs the plain-PyTorch reference written from DESIGN.md's equations.
+"""PonderGPTModel (Megatron) vs the plain-PyTorch reference written from docs/methods.md's equations.
 
 Same weights, same batch: the per-token loss and every gradient agree (fp32, rel. 1e-5) for
 ponder mode (S = 1, 2, 3; accumulate and replace) and latent mode (N = 1, 2; J = 1, 2, 3), in
@@ -11,7 +11,7 @@ from megatron.core.optimizer import OptimizerConfig
 
 from conftest import causal_mask
 from reference.methods import latent_loss, ponder_loss, vanilla_loss
-from tiny_models import gradients_in_reference_layout, random_batch, reference_copy, relative_error, tiny_model
+from support.tiny_models import gradients_in_reference_layout, random_batch, reference_copy, relative_error, tiny_model
 
 from megatron_ponder.training.optimizer import wrap_and_build_optimizer
 from megatron_ponder.training.step import train_step

@@ -6,7 +6,7 @@ from megatron.core.optimizer import OptimizerConfig
 
 from megatron_ponder.training.optimizer import wrap_and_build_optimizer
 from megatron_ponder.training.step import NonFiniteLossError, train_step
-from tiny_models import random_batch, tiny_model
+from support.tiny_models import random_batch, tiny_model
 
 
 def _poisoned_training_state():

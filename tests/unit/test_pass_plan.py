@@ -15,7 +15,7 @@ from megatron_ponder.model.passes import PassKind, message_blocks, plan_for_conf
 from megatron_ponder.parallel.looped_pipeline import PassChunk, StepMemo
 from megatron_ponder.planning.schedule import step_passes
 from megatron_ponder.planning.shapes import Method
-from tiny_models import random_batch, tiny_config, tiny_model
+from support.tiny_models import random_batch, tiny_config, tiny_model
 
 I, J, P, F = PassKind.INITIAL_THOUGHT, PassKind.JACOBI_ROUND, PassKind.PONDER_FEEDBACK, PassKind.FINAL
 BATCH, LENGTH = 2, 8

@@ -1,7 +1,7 @@
 """The planner's memory model against the tensors the project's model really keeps (one process).
 
 Activation memory = peak bytes of storages autograd saves for backward over a forward+backward
-(tests/saved_tensor_probe.py); parameter memory = bytes of the model's parameters. Every mode,
+(tests/support/saved_tensor_probe.py); parameter memory = bytes of the model's parameters. Every mode,
 recompute none / selective / full, the three architecture styles (neox: parallel residual, partial
 rotary); tolerance 10% (observed < 1%).
 """
@@ -10,15 +10,12 @@ import pytest
 
 from megatron_ponder.planning.memory import plan_memory
 from megatron_ponder.planning.shapes import Layout
-from planning_shapes import METHODS, tiny_run
-from saved_tensor_probe import SavedTensorPeak, parameter_bytes
-from tiny_models import MODE_FIELDS, random_batch, tiny_model
+from megatron_ponder.variants import RECOMPUTE
+from support.planning_shapes import METHODS, tiny_run
+from support.saved_tensor_probe import SavedTensorPeak, parameter_bytes
+from support.tiny_models import MODE_FIELDS, random_batch, tiny_model
 
-RECOMPUTE = {
-    "none": {},
-    "selective": dict(recompute_granularity="selective"),
-    "full": dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1),
-}
+PLANNED_RECOMPUTE = ("none", "selective", "full")  # the planner's recompute policies
 BATCH, LENGTH = 2, 8
 
 
@@ -28,8 +25,8 @@ def test_predicted_memory_matches_saved_tensors(megatron_world_of_one, style, mo
     run = tiny_run(style, mode, LENGTH, BATCH)
     tokens, labels, positions = random_batch(BATCH, LENGTH)
     measured = {}
-    for recompute, fields in RECOMPUTE.items():
-        model = tiny_model(style, **MODE_FIELDS[mode], **fields)
+    for recompute in PLANNED_RECOMPUTE:
+        model = tiny_model(style, **MODE_FIELDS[mode], **RECOMPUTE[recompute])
         model.train()
         probe = SavedTensorPeak(model.parameters())
         with probe.measuring():

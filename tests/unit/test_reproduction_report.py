@@ -2,13 +2,9 @@
 
 import json
 import math
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from reproduction_report import load_run, write_report  # noqa: E402
+from benchmarks.reproduction_report import load_run, write_report
 
 SEQ, BATCH, STEPS = 16, 2, 10
 

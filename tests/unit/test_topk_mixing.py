@@ -16,7 +16,7 @@ from megatron_ponder.model.vocab_mixing import (
     vocab_parallel_topk_mixture,
 )
 from reference.methods import ponder_loss
-from tiny_models import VOCAB, gradients_in_reference_layout, random_batch, reference_copy, relative_error, tiny_model
+from support.tiny_models import VOCAB, gradients_in_reference_layout, random_batch, reference_copy, relative_error, tiny_model
 
 BATCH, LENGTH = 2, 8
 

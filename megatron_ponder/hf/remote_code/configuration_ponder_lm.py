@@ -3,9 +3,9 @@
 Standalone (imports only transformers): this file is copied into exported model folders and loaded
 with ``trust_remote_code=True`` on machines where megatron_ponder is not installed.
 
-The method fields mirror ``megatron_ponder.config.PonderConfig`` (see DESIGN.md, "The methods,
-exactly"); ``backbone_config`` is the ``to_dict()`` of a LlamaConfig, GPTNeoXConfig or GPT2Config
-(it carries its own ``model_type``).
+The method fields mirror ``megatron_ponder.config.PonderConfig`` (equations in megatron_ponder's
+docs/methods.md); ``backbone_config`` is the ``to_dict()`` of a LlamaConfig, GPTNeoXConfig or
+GPT2Config (it carries its own ``model_type``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ The backbone is a stock ``*ForCausalLM`` (Llama, GPT-NeoX, GPT-2, ...) built fro
 ``config.backbone_config``; its weights are ``backbone.<stock name>``. We never re-implement a
 layer: every pass calls the stock decoder with ``inputs_embeds``, ``position_ids``, a 2D attention
 mask and (when generating) a ``transformers`` Cache. The method is the one of the Megatron model
-(``megatron_ponder.model.ponder_gpt.PonderGPTModel``, DESIGN.md "The methods, exactly"):
+(``megatron_ponder.model.ponder_gpt.PonderGPTModel``, equations in megatron_ponder's docs/methods.md):
 
 * input embedding ``E(x) = s * embedding(x, pos)`` (GPT-2 style: word + learned position
   embedding, both scaled). Only token inputs carry the learned position embedding; thought slots

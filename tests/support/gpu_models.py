@@ -13,6 +13,7 @@ import torch
 
 from megatron_ponder.model.architectures import build_ponder_gpt, make_ponder_config
 from megatron_ponder.runtime.transformer_engine import transformer_engine_unusable_reason
+from megatron_ponder.variants import variant
 
 # Every GEMM dimension a multiple of 16 (FP8 GEMMs need it): tokens s*b, hidden, ffn, vocab.
 SIZES = dict(num_layers=2, hidden_size=128, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=256)
@@ -35,10 +36,10 @@ def fp8_unsupported_reason() -> Optional[str]:
 requires_fp8 = pytest.mark.skipif(fp8_unsupported_reason() is not None, reason=f"{fp8_unsupported_reason()}")
 
 MODES = {
-    "none": dict(ponder_mode="none"),
-    "ponder": dict(ponder_mode="ponder", ponder_steps=2),
-    "ponder_topk": dict(ponder_mode="ponder", ponder_steps=2, ponder_topk=32),
-    "latent": dict(ponder_mode="latent", num_latent_thoughts=1, jacobi_train_rounds=(2, 2)),
+    "none": variant("none"),
+    "ponder": variant("ponder"),
+    "ponder_topk": variant("ponder", ponder_topk=32),
+    "latent1": variant("latent1", rounds=(2, 2)),
 }
 
 

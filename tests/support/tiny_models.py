@@ -13,18 +13,14 @@ import torch
 
 from megatron_ponder.model.architectures import build_ponder_gpt, get_style, make_ponder_config
 from megatron_ponder.model.ponder_gpt import PonderGPTModel
+from megatron_ponder.variants import MODES
 from reference.megatron_weights import load_megatron_state_dict
 from reference.model import ReferenceArch, ReferenceModel
 
 VOCAB = 64
 MAX_POSITIONS = 32
-# PonderConfig fields of the tiny models' four method variants, as tests parametrise them.
-MODE_FIELDS = {
-    "none": dict(ponder_mode="none"),
-    "ponder": dict(ponder_mode="ponder", ponder_steps=2),
-    "latent1": dict(ponder_mode="latent", num_latent_thoughts=1),
-    "latent2": dict(ponder_mode="latent", num_latent_thoughts=2),
-}
+# PonderConfig fields of the four method variants the tests parametrise (megatron_ponder.variants).
+MODE_FIELDS = MODES
 SIZES: Dict[str, Dict] = {
     # RMSNorm, SwiGLU, RoPE, GQA (4 heads, 2 groups), untied.
     "llama": dict(num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=48),
