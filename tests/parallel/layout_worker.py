@@ -2,7 +2,8 @@
 
 Every mode in ``--modes`` starts from the same initial checkpoint (``--init``, saved by
 ``--save-init`` in a world of one), trains ``--steps`` optimizer steps on the same global
-batches, and records the global mean loss and the grad norm of every step. The test compares
+batches, and records the global mean loss, the grad norm and the Jacobi residuals rank 0
+reports for every step. The test compares
 these numbers across layouts.
 
     torchrun --nproc-per-node 2 tests/parallel/layout_worker.py --tp 2 --sp --init DIR --out F
@@ -133,13 +134,14 @@ def main():
             OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=1.0, weight_decay=0.01, adam_eps=ADAM_EPS,
                             use_distributed_optimizer=args.distributed_optimizer),
         )
-        losses, grad_norms = [], []
+        losses, grad_norms, residuals = [], [], []
         for step in range(args.steps):
             batches = microbatches(step, dp_rank, dp_size, args.micro_batch_size)
             result = train_step(chunks, optimizer, batches, args.micro_batch_size, SEQ_LENGTH, iteration=step)
             losses.append(result.loss)
             grad_norms.append(result.grad_norm)
-        results[mode] = dict(losses=losses, grad_norms=grad_norms)
+            residuals.append(result.jacobi_residuals)
+        results[mode] = dict(losses=losses, grad_norms=grad_norms, jacobi_residuals=residuals)
     if torch.distributed.get_rank() == 0 and args.out:
         with open(args.out, "w") as handle:
             json.dump(results, handle, indent=1)
