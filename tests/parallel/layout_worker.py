@@ -2,7 +2,8 @@
 
 Every mode in ``--modes`` starts from the same initial checkpoint (``--init``, saved by
 ``--save-init`` in a world of one), trains ``--steps`` optimizer steps on the same global
-batches, and records the global mean loss and the grad norm of every step. The test compares
+batches, and records the global mean loss, the grad norm and the Jacobi residuals rank 0
+reports for every step. The test compares
 these numbers across layouts.
 
     torchrun --nproc-per-node 2 tests/parallel/layout_worker.py --tp 2 --sp --init DIR --out F

@@ -48,6 +48,10 @@ GPT2_LAYOUTS = ("tp2-sp", "cp2", "dp2-distopt", "pp2-mb4", "pp2-tp2-sp-mb2")
 # GPT-NeoX style (parallel residual: both branches reduce(-scatter) into one sum; partial RoPE)
 # where its layer differs from the others: tensor and sequence parallelism.
 NEOX_LAYOUTS = ("tp2-sp",)
+# Layouts where rank 0's pipeline measures the Jacobi residuals on the single process's last
+# microbatch, whole (no DP, CP or SP split, same micro-batch size): rank 0 must report the same
+# residuals (under PP they come from the last stage with the loss report).
+SAME_LAST_MICROBATCH = ("tp2", "pp2-mb4", "pp2-recompute-full", "pp2-tp2")
 CASES = ([("llama", name) for name in LAYOUTS] + [("gpt2", name) for name in GPT2_LAYOUTS]
          + [("neox", name) for name in NEOX_LAYOUTS])
 
@@ -86,5 +90,9 @@ def test_layout_reproduces_single_process(single_process_runs, tmp_path, style, 
             assert _relative(loss, want) < 1e-5, (mode, step, loss, want)
         for step, (norm, want) in enumerate(zip(got[mode]["grad_norms"], expected[mode]["grad_norms"], strict=True)):
             assert _relative(norm, want) < 1e-5, (mode, step, norm, want)
+        if mode.startswith("latent") and layout in SAME_LAST_MICROBATCH:
+            for step, (residuals, want) in enumerate(zip(got[mode]["jacobi_residuals"],
+                                                         expected[mode]["jacobi_residuals"], strict=True)):
+                assert residuals == pytest.approx(want, rel=1e-3), (mode, step, residuals, want)
     # The runs must differ between modes, or equal numbers would prove nothing about the passes.
     assert len({round(got[mode]["losses"][0], 6) for mode in modes}) == len(modes)

@@ -66,7 +66,7 @@ def train_from_checkpoint(model: torch.nn.Module, folder: str, optimizer_config,
                           microbatches: Callable[[int], List[dict]], micro_batch_size: int,
                           seq_length: int) -> Dict[str, list]:
     """Load ``folder`` into ``model``, train ``steps`` optimizer steps on ``microbatches(step)``;
-    returns the global mean loss and grad norm of every step."""
+    returns the global mean loss, grad norm and Jacobi residuals (latent mode) of every step."""
     from megatron.core import dist_checkpointing
 
     from megatron_ponder.training.optimizer import wrap_and_build_optimizer
@@ -74,9 +74,10 @@ def train_from_checkpoint(model: torch.nn.Module, folder: str, optimizer_config,
 
     model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), folder))
     chunks, optimizer = wrap_and_build_optimizer([model], optimizer_config)
-    losses, grad_norms = [], []
+    losses, grad_norms, residuals = [], [], []
     for step in range(steps):
         result = train_step(chunks, optimizer, microbatches(step), micro_batch_size, seq_length, iteration=step)
         losses.append(result.loss)
         grad_norms.append(result.grad_norm)
-    return dict(losses=losses, grad_norms=grad_norms)
+        residuals.append(result.jacobi_residuals)
+    return dict(losses=losses, grad_norms=grad_norms, jacobi_residuals=residuals)
