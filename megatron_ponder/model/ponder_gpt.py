@@ -79,6 +79,7 @@ class PonderGPTModel(GPTModel):
         loss_mask: Optional[Tensor] = None,
         padding_mask: Optional[Tensor] = None,
         num_jacobi_rounds: Optional[int] = None,
+        **newer_gpt_kwargs,
     ) -> Tensor:
         """Per-token loss [b, L] when ``labels`` [b, L] is given, else logits [b, L, V(/tp)].
 
@@ -87,6 +88,8 @@ class PonderGPTModel(GPTModel):
             position_ids: [b, L] token positions (thought slots reuse their token's position).
             attention_mask: token-level mask [b|1, 1, L, L], True = masked, or None (causal).
             num_jacobi_rounds: latent mode only; overrides J for this call.
+            newer_gpt_kwargs: GPTModel.forward arguments of newer megatron-core releases (0.18:
+                ``output_processor``, ``output_processor_context``), passed on in mode ``none``.
         """
         mode = self.config.ponder_mode
         if self.config.sequence_parallel and self.pre_process:
@@ -108,12 +111,14 @@ class PonderGPTModel(GPTModel):
                 inference_params=inference_params,
                 loss_mask=loss_mask,
                 padding_mask=padding_mask,
+                **newer_gpt_kwargs,
             )
         unsupported = {
             "decoder_input": decoder_input,
             "inference_context": inference_context or inference_params,
             "packed_seq_params": packed_seq_params,
             "extra_block_kwargs": extra_block_kwargs,
+            **newer_gpt_kwargs,
         }
         for name, value in unsupported.items():
             if value is not None:

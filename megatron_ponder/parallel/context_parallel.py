@@ -24,7 +24,8 @@ from torch import Tensor
 
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.module import MegatronModule
-from megatron.core.utils import get_batch_on_this_cp_rank
+
+from megatron_ponder.runtime.megatron_compat import get_batch_on_this_cp_rank
 
 
 class ContextParallelLayoutError(ValueError):
