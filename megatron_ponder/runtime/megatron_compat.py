@@ -12,6 +12,7 @@ Differences that need no code here (the plugin's calls are valid on every suppor
     ``get_forward_backward_func()``'s schedules and never calls ``backward_step`` itself.
   * 0.19: ``get_forward_backward_func`` gained ``schedule_pg_collection`` (optional; None = the
     global parallel_state groups, which the plugin uses).
+  * 0.19: ``dist_checkpointing.save`` / ``load`` lost ``common_strategy``: the plugin never passes it.
   * 0.17 - 0.19: TransformerConfig / ModelParallelConfig fields added (defaults keep the old
     behaviour) and removed (``async_tensor_model_parallel_allreduce``, ``moe_extended_tp``,
     ``moe_use_legacy_grouped_gemm``): the plugin sets none of the removed ones.

@@ -46,6 +46,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_ponder_lm import PonderLMConfig
 
+
 @functools.lru_cache(maxsize=None)
 def _cache_argument(decoder_class: type) -> str:
     """The decoder's KV-cache argument: ``cache`` from transformers 5.24 on, ``past_key_values``
