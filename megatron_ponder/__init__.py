@@ -7,3 +7,8 @@ Public entry points:
 """
 
 __version__ = "0.1.0"
+
+# One-line ImportError for a megatron-core outside the supported range (metadata only: fast).
+from megatron_ponder.runtime.megatron_compat import check_megatron_core_version
+
+check_megatron_core_version()

@@ -18,6 +18,8 @@ from typing import Optional, Tuple
 
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_ponder.runtime.megatron_compat import drop_deprecated_full_cuda_graph_scope
+
 PONDER_MODES = ("none", "ponder", "latent")
 
 
@@ -71,6 +73,7 @@ class PonderConfig(TransformerConfig):
     made of the same embedding rows as e_0, so the relative scale is already right)."""
 
     def __post_init__(self):
+        drop_deprecated_full_cuda_graph_scope(self)  # Megatron's default warns at every build
         super().__post_init__()
         self._validate_ponder_fields()
         if self.input_embedding_scale is None:

@@ -11,7 +11,8 @@ Who decides what:
   (``BlendedDataset``) and document / sample / shuffle indices (``GPTDataset``).
 * Reading: a per-sample ``fn.external_source`` callback turns sample k of this rank's stream into
   its ``[seq_length + 1]`` token window with ``GPTDataset._query_document_sample_shuffle_indices``
-  (slices of the ``.bin`` memmap, joined across document boundaries, padded with the pad id).
+  (slices of the ``.bin`` memmap, joined across document boundaries, padded with the pad id;
+  called through ``runtime.megatron_compat.gpt_dataset_window``, whose return differs by version).
   With ``py_workers = 0`` (the default, and the only choice with CUDA) DALI calls it on the
   training thread when the iterator schedules a batch (reads run ahead of use by the prefetch
   depth, but on that thread); with ``py_workers > 0`` worker processes run it.
@@ -35,6 +36,7 @@ import torch
 
 from megatron_ponder.data.datasets import check_stream_layout, rank_step_indices
 from megatron_ponder.data.errors import DataError
+from megatron_ponder.runtime.megatron_compat import gpt_dataset_window
 
 INSTALL_HINT = 'pip install -e ".[dali]"'
 _OUTPUTS = ("tokens", "labels", "loss_mask", "position_ids")
@@ -93,8 +95,7 @@ def read_window(dataset, index: int) -> np.ndarray:
         part = dataset.datasets[int(dataset.dataset_index[index])]
         index = int(dataset.dataset_sample_index[index])
         dataset = part
-    text, _ = dataset._query_document_sample_shuffle_indices(index)
-    return text
+    return gpt_dataset_window(dataset, index)
 
 
 class RankWindowSource:

@@ -26,7 +26,7 @@ import torch
 
 from megatron_ponder.hf import require
 from megatron_ponder.hf.configs import hf_config_from_args, model_shape
-from megatron_ponder.hf.weight_mapping import megatron_to_hf
+from megatron_ponder.hf.weight_mapping import hf_output_layer_key, megatron_to_hf
 
 
 class ExportError(RuntimeError):
@@ -100,9 +100,10 @@ def _stock_model(args: argparse.Namespace, megatron_state) -> torch.nn.Module:
     transformers = require("transformers")
     config = hf_config_from_args(args)
     hf_model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    weights = megatron_to_hf(megatron_state, model_shape(args))
+    shape = model_shape(args)
+    weights = megatron_to_hf(megatron_state, shape)
     missing, unexpected = hf_model.load_state_dict(weights, strict=False)
-    tied_output = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    tied_output = {hf_output_layer_key(shape.style)} if config.tie_word_embeddings else set()
     if unexpected or set(missing) - tied_output:
         raise ExportError(f"HF {type(hf_model).__name__} does not match the mapped weights: "
                           f"missing {sorted(set(missing) - tied_output)[:3]}, unexpected {unexpected[:3]}")

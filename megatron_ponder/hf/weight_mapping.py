@@ -142,8 +142,18 @@ _GLOBAL: Dict[str, List[Tuple[str, str]]] = {
     ],
 }
 _WORD_EMBEDDING = {"llama": "model.embed_tokens.weight", "gpt2": "transformer.wte.weight", "neox": "gpt_neox.embed_in.weight"}
-# transformers 5 names GPT-NeoX's output layer lm_head (it renames older checkpoints' embed_out on load).
-_OUTPUT_LAYER = {"llama": "lm_head.weight", "gpt2": "lm_head.weight", "neox": "lm_head.weight"}
+
+
+def hf_output_layer_key(style: str) -> str:
+    """HF key of the untied output layer in the installed transformers."""
+    if style == "neox":
+        import transformers
+        from packaging.version import Version
+
+        # transformers 5.14 renamed GPT-NeoX's embed_out to lm_head (renaming old files on load).
+        if Version(transformers.__version__).release < (5, 14):
+            return "embed_out.weight"
+    return "lm_head.weight"
 
 
 def _check_style(style: str) -> None:
@@ -201,7 +211,7 @@ def megatron_to_hf(state: Dict[str, Tensor], shape: ModelShape) -> Dict[str, Ten
         out[hf_key] = take(megatron_key)
     out[_WORD_EMBEDDING[style]] = take("embedding.word_embeddings.weight")[: shape.vocab_size]
     if not shape.tied:
-        out[_OUTPUT_LAYER[style]] = take("output_layer.weight")[: shape.vocab_size]
+        out[hf_output_layer_key(style)] = take("output_layer.weight")[: shape.vocab_size]
     # A tied Megatron model may still list output_layer.weight (an alias of the embedding).
     take.check_all_used(lambda key: shape.tied and key == "output_layer.weight")
     return {key: value.contiguous() for key, value in out.items()}
@@ -246,10 +256,10 @@ def hf_to_megatron(state: Dict[str, Tensor], shape: ModelShape) -> Dict[str, Ten
         out[megatron_key] = take(hf_key)
     out["embedding.word_embeddings.weight"] = _pad_rows(take(_WORD_EMBEDDING[style]), shape.padded_vocab_size)
     if not shape.tied:
-        out["output_layer.weight"] = _pad_rows(take(_OUTPUT_LAYER[style]), shape.padded_vocab_size)
+        out["output_layer.weight"] = _pad_rows(take(hf_output_layer_key(style)), shape.padded_vocab_size)
 
     def ignorable(key: str) -> bool:
-        tied_alias = shape.tied and key == _OUTPUT_LAYER[style]  # HF lists the tied lm_head too
+        tied_alias = shape.tied and key == hf_output_layer_key(style)  # HF lists the tied lm_head too
         buffer = key.endswith(("rotary_emb.inv_freq", "attn.bias", "attn.masked_bias", "attention.bias",
                                "attention.masked_bias"))
         return tied_alias or buffer

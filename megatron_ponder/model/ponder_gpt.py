@@ -73,6 +73,7 @@ class PonderGPTModel(GPTModel):
         padding_mask: Optional[Tensor] = None,
         num_jacobi_rounds: Optional[int] = None,
         return_jacobi_residuals: bool = False,
+        **newer_gpt_kwargs,
     ):
         """Per-token loss [b, L] when ``labels`` [b, L] is given, else logits [b, L, V(/tp)].
 
@@ -84,6 +85,8 @@ class PonderGPTModel(GPTModel):
                 ``config.jacobi_rounds_for_iteration(iteration)``); None: ``jacobi_eval_rounds``.
             return_jacobi_residuals: also return the Jacobi residuals of this forward, a
                 detached fp32 tensor [J] (empty outside latent mode): ``(output, residuals)``.
+            newer_gpt_kwargs: GPTModel.forward arguments of newer megatron-core releases (0.18:
+                ``output_processor``, ``output_processor_context``), passed on in mode ``none``.
         """
         mode = self.config.ponder_mode
         if self.config.sequence_parallel and self.pre_process:
@@ -105,6 +108,7 @@ class PonderGPTModel(GPTModel):
                 inference_params=inference_params,
                 loss_mask=loss_mask,
                 padding_mask=padding_mask,
+                **newer_gpt_kwargs,
             )
             return (output, stack_residuals([])) if return_jacobi_residuals else output
         unsupported = {
@@ -112,6 +116,7 @@ class PonderGPTModel(GPTModel):
             "inference_context": inference_context or inference_params,
             "packed_seq_params": packed_seq_params,
             "extra_block_kwargs": extra_block_kwargs,
+            **newer_gpt_kwargs,
         }
         for name, value in unsupported.items():
             if value is not None:

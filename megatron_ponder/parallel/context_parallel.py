@@ -17,7 +17,8 @@ from typing import Any, Dict, Optional
 import torch.distributed as dist
 
 from megatron.core import parallel_state
-from megatron.core.utils import get_batch_on_this_cp_rank
+
+from megatron_ponder.runtime.megatron_compat import get_batch_on_this_cp_rank
 
 from megatron_ponder.sequence_layout import ContextParallelLayoutError, check_sequence_layout
 

@@ -12,9 +12,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import transformers
+from packaging.version import Version
 from transformers import AutoConfig, PretrainedConfig
 
 PONDER_LM_MODES = ("ponder", "latent")
+# The oldest transformers the remote code is tested with (CI: 5.8.0 and the newest 5.x; setup.py's
+# `hf` extra). 4.x names stock config fields differently (rope_theta / rope_scaling, not
+# rope_parameters), so a 5.x export would load there with wrong settings instead of failing.
+MIN_TRANSFORMERS = "5.8"
+if Version(transformers.__version__).release < Version(MIN_TRANSFORMERS).release:
+    raise ImportError(
+        f"PonderLM models need transformers >= {MIN_TRANSFORMERS} (installed: "
+        f"{transformers.__version__}): pip install 'transformers>={MIN_TRANSFORMERS}'"
+    )
 
 
 class PonderLMConfig(PretrainedConfig):

@@ -29,6 +29,9 @@ is therefore the uncached reference of the cached decoder.
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -42,6 +45,14 @@ from transformers.generation.logits_process import (
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_ponder_lm import PonderLMConfig
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(decoder_class: type) -> str:
+    """The decoder's KV-cache argument: ``cache`` from transformers 5.24 on, ``past_key_values``
+    before it (5.24 still takes the old name, with a FutureWarning)."""
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
+
 
 # generate() arguments that lm-eval and other GenerationMixin callers pass and that need no work.
 _IGNORED_GENERATE_KWARGS = {"num_beams": 1, "num_return_sequences": 1, "output_scores": False,
@@ -122,8 +133,8 @@ class PonderLMForCausalLM(PreTrainedModel):
                 inputs_embeds=inputs,
                 position_ids=position_ids,
                 attention_mask=attention_mask,
-                past_key_values=cache,
                 use_cache=cache is not None,
+                **{_cache_argument(type(self._decoder)): cache},
             )
         finally:
             if silence_positions is not None:
