@@ -12,7 +12,7 @@ METHODS = {
     "latent1": Method("latent", num_latent_thoughts=1, jacobi_rounds=(2, 2)),
     "latent2": Method("latent", num_latent_thoughts=2, jacobi_rounds=(2, 2)),
 }
-# CPU runs: fp32 everywhere, Megatron's local layer spec.
+# CPU runs: fp32 everywhere, Megatron's local layer spec (with the SDPA core attention, its default).
 CPU_PRECISION = Precision("fp32", "local")
 
 
@@ -21,7 +21,8 @@ def tiny_shape(style: str) -> ModelShape:
     return ModelShape.from_style(style, VOCAB, MAX_POSITIONS, **SIZES[style])
 
 
-def tiny_run(style: str, mode: str, seq_length: int, global_batch: int) -> RunSpec:
+def tiny_run(style: str, mode: str, seq_length: int, global_batch: int, local_attention: str = "sdpa") -> RunSpec:
+    precision = Precision(CPU_PRECISION.name, CPU_PRECISION.kernels, local_attention)
     return RunSpec(tiny_shape(style), METHODS[mode], seq_length=seq_length, global_batch_size=global_batch,
-                   precision=CPU_PRECISION)
+                   precision=precision)
 
