@@ -107,6 +107,7 @@ def model_config(args):
         jacobi_eval_rounds=args.jacobi_eval_iters,
         jacobi_seed=args.jacobi_seed,
         input_embedding_scale=args.input_embedding_scale,
+        local_attention=args.local_attention,
         **shape,
         **precision,
         **recompute,
@@ -143,6 +144,8 @@ def build_training_state(args, config):
             adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
             clip_grad=args.clip_grad, bf16=args.bf16, use_distributed_optimizer=args.use_distributed_optimizer,
         ),
+        overlap_grad_reduce=args.overlap_grad_reduce, overlap_param_gather=args.overlap_param_gather,
+        bucket_size=args.ddp_bucket_size,
     )
     scheduler = OptimizerParamScheduler(
         optimizer,
@@ -191,6 +194,7 @@ def train(args) -> dict:
 
     from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
     from megatron_ponder.training.flops import step_flops
+    from megatron_ponder.training.grad_overlap import gather_parameters_now
     from megatron_ponder.training.run_logger import RunLogger
     from megatron_ponder.training.step import train_step
 
@@ -224,6 +228,7 @@ def train(args) -> dict:
         logger.log_evaluation(iteration, loss)
 
     def save(iteration):
+        gather_parameters_now(chunks)  # --overlap-param-gather leaves the last all-gather to the next forward
         folder = save_checkpoint(args.save, iteration, model, optimizer, scheduler, stream.consumed_samples,
                                  run_args, args.use_distributed_optimizer)
         summary["checkpoints"].append(folder)

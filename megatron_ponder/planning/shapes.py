@@ -172,6 +172,10 @@ class Layout:
     distributed_optimizer: bool = True
     micro_batch_size: int = 1
     num_microbatches: int = 1
+    # --overlap-grad-reduce (+ --overlap-param-gather with the distributed optimizer): the DP
+    # reduction runs during the earliest pass's backward on the last microbatch, the parameter
+    # all-gather during the first pass's forward of the next step.
+    overlap_dp: bool = True
 
     def __post_init__(self):
         if self.recompute not in ("none", "selective", "full"):

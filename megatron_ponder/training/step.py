@@ -27,6 +27,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_ponder.model.wrappers import unwrap_model
 from megatron_ponder.parallel.context_parallel import split_batch_for_context_parallel
 from megatron_ponder.parallel.looped_pipeline import looped_forward_backward
+from megatron_ponder.training.grad_overlap import overlapped_grad_reduce, step_passes
 
 
 def masked_token_loss(loss_mask: Tensor, per_token_loss: Tensor) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
@@ -147,7 +148,8 @@ def train_step(
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, forward_only=False)
+    with overlapped_grad_reduce(model_chunks, step_passes(model_chunks)):
+        reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, forward_only=False)
     loss, tokens = _global_mean_loss(reports)
     if not math.isfinite(loss):
         if nan_policy == "stop":

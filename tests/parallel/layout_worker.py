@@ -6,6 +6,12 @@ batches, and records the global mean loss and the grad norm of every step. The t
 these numbers across layouts.
 
     torchrun --nproc-per-node 2 tests/parallel/layout_worker.py --tp 2 --sp --init DIR --out F
+
+With ``--overlap`` (DDP's overlap_grad_reduce, and overlap_param_gather under the distributed
+optimizer, small buckets) it also records every bucket reduction this rank launches: the step,
+the bucket, the norm of the local (not yet reduced) gradients it sends and whether it started
+inside the backward. ``--record-launches`` records the same without overlap (the reductions
+then all start after the backward).
 """
 
 from __future__ import annotations
@@ -85,6 +91,23 @@ def build(args, mode_fields):
     )
 
 
+OVERLAP_BUCKET_SIZE = 2000  # parameters: several buckets even in the tiny models
+
+
+def record_launches(chunks, launches: list, step: list) -> None:
+    """Log each bucket reduction DDP starts: (step, bucket, local grad norm, inside backward)."""
+    for chunk in chunks:
+        for index, group in enumerate(chunk.bucket_groups):
+            def start(*args, _group=group, _index=index, _original=group.start_grad_sync, **kwargs):
+                if not (_group.is_first_batch and _group.grad_reduce_handle is not None):  # else a no-op
+                    norm = sum(float(b.grad_data.double().pow(2).sum()) for b in _group.buckets) ** 0.5
+                    inside = torch._C._current_graph_task_id() != -1
+                    launches.append(dict(step=step[0], bucket=_index, norm=norm, inside_backward=inside))
+                return _original(*args, **kwargs)
+
+            group.start_grad_sync = start
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--style", default="llama")
@@ -95,6 +118,8 @@ def main():
     parser.add_argument("--untied", action="store_true", help="GPT-2 style with untied embeddings")
     parser.add_argument("--sp", action="store_true")
     parser.add_argument("--distributed-optimizer", action="store_true")
+    parser.add_argument("--overlap", action="store_true", help="overlap grad reduce (and param gather)")
+    parser.add_argument("--record-launches", action="store_true", help="record bucket reductions (implied by --overlap)")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--micro-batch-size", type=int, default=2, help="global batch is 8 samples")
@@ -108,6 +133,7 @@ def main():
 
     from megatron_ponder.runtime.parallel_init import initialize_parallel
     from megatron_ponder.training.optimizer import wrap_and_build_optimizer
+    from megatron_ponder.training.grad_overlap import step_passes
     from megatron_ponder.training.step import train_step
 
     initialize_parallel(
@@ -132,14 +158,22 @@ def main():
             [model],
             OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=1.0, weight_decay=0.01, adam_eps=ADAM_EPS,
                             use_distributed_optimizer=args.distributed_optimizer),
+            overlap_grad_reduce=args.overlap,
+            overlap_param_gather=args.overlap and args.distributed_optimizer,
+            bucket_size=OVERLAP_BUCKET_SIZE if args.overlap else None,
         )
-        losses, grad_norms = [], []
+        launches, current_step = [], [0]
+        if args.overlap or args.record_launches:
+            record_launches(chunks, launches, current_step)
+        losses, grad_norms, passes = [], [], []
         for step in range(args.steps):
+            current_step[0] = step
             batches = microbatches(step, dp_rank, dp_size, args.micro_batch_size)
             result = train_step(chunks, optimizer, batches, args.micro_batch_size, SEQ_LENGTH, iteration=step)
             losses.append(result.loss)
             grad_norms.append(result.grad_norm)
-        results[mode] = dict(losses=losses, grad_norms=grad_norms)
+            passes.append(step_passes(chunks))
+        results[mode] = dict(losses=losses, grad_norms=grad_norms, passes=passes, launches=launches)
     if torch.distributed.get_rank() == 0 and args.out:
         with open(args.out, "w") as handle:
             json.dump(results, handle, indent=1)
