@@ -10,8 +10,9 @@ keeps its whole base alive), for the two kernel profiles of :class:`~.shapes.Pre
   the unfused one (Megatron's DotProductAttention) saves q and the (GQA-expanded) k, v for the two
   batched GEMMs, the s x s softmax output (fp32, plus its cast when activations are 16-bit) and
   the s x s causal mask; RoPE saves
-  cos/sin per q and k (of the rotated channels only under partial rotary); SwiGLU saves fc1's output, silu's output, the linear half plus its offset
-  and fc2's input (5 x s*b*f), GeLU its input and fc2's input.
+  cos/sin per q and k (of the rotated channels only under partial rotary); SwiGLU (Megatron's fused function, bias_activation_fusion) saves fc1's output and
+  fc2's input (3 x s*b*f; unfused it would also keep silu's output and the linear half plus its
+  offset, 5 x s*b*f), GeLU its input and fc2's input.
 * ``te`` (Transformer Engine on GPU): fused norm+linear saves input, normalised output and
   statistics; flash attention saves q, k, v (not expanded), its output and the softmax
   log-sum-exp (no s x s matrix); the fused MLP saves fc1's output and fc2's input. Under FP8
@@ -122,7 +123,9 @@ def _mlp_bytes(ctx: ActivationContext, slots: int, batch: int) -> float:
     f = slots * batch * m.ffn_hidden_size / ctx.tp
     if p.kernels == "te":
         return (2 if m.gated_linear_unit else 1) * f * e + f * p.linear_input_bytes
-    return (5 if m.gated_linear_unit else 2) * f * e
+    # SwiGLU through Megatron's fused function (the llama style's bias_activation_fusion): fc1's
+    # output (2f) and fc2's input; GeLU: its input and fc2's input.
+    return (3 if m.gated_linear_unit else 2) * f * e
 
 
 def layer_bytes(ctx: ActivationContext, slots: int, batch: int, recompute: str) -> float:

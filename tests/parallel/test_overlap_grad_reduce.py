@@ -8,7 +8,8 @@ distributed optimizer's parameter all-gather deferred to the next forward) and w
 * every bucket reduction starts with the step's last gradient contribution, never earlier: the
   local gradients a launch sends add up (over the buckets) to the local gradients the
   no-overlap run reduces after its backward (a launch after the first of several passes, or
-  before the last microbatch, would send less);
+  before the last microbatch, would send less): rel. 1e-7 on the first step, 1e-5 after (the
+  weights then differ by the rounding of differently bucketed optimizer steps);
 * the overlap is real: on every step whose pass count was seen before (DDP recorded how often
   each parameter's gradient arrives), every bucket starts inside the backward.
 """
@@ -58,7 +59,11 @@ def test_overlap_matches_no_overlap(tmp_path, layout):
         buckets = {entry["bucket"] for entry in got["launches"]}
         assert len(buckets) > 1, "the overlap run must have several buckets"
         sent, reduced = _sent_norms(got["launches"], STEPS), _sent_norms(want["launches"], STEPS)
-        assert sent == pytest.approx(reduced, rel=1e-9), mode
+        # Later steps start from weights that differ by the rounding of differently bucketed
+        # optimizer steps (~1e-7); step 0 agrees to ~1e-8 (PP=2) or better. A missing pass or
+        # microbatch would change a norm by far more.
+        assert sent[0] == pytest.approx(reduced[0], rel=1e-7), mode
+        assert sent == pytest.approx(reduced, rel=1e-5), mode
         seen = set()
         for step, passes in enumerate(got["passes"]):
             launches = [entry for entry in got["launches"] if entry["step"] == step]
