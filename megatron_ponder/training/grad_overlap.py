@@ -20,7 +20,9 @@ controls this needs; we only set them:
   the backward, as without overlap, and the next steps with that count overlap).
 * ``--overlap-param-gather`` (distributed optimizer): the optimizer step leaves the parameter
   all-gather to DDP's forward pre-hooks, which wait for each bucket in the first pass's forward
-  (later passes find the parameters in place). :func:`gather_parameters_now` completes it where
+  (later passes find the parameters in place). The model's own parameters (the ponder feedback
+  copy of E on the last pipeline stage), whose hook the looped pipeline never triggers, are
+  gathered at the step's start; :func:`gather_parameters_now` completes the all-gather where
   the weights are read outside a forward (checkpoint saving).
 """
 
@@ -73,6 +75,7 @@ def _bucket_groups(model_chunks):
 def overlapped_grad_reduce(model_chunks: List[torch.nn.Module], passes: int):
     """Around one step's forward-backward (after ``zero_grad_buffer``): DDP's golden grad-ready
     counts for a step of ``passes`` passes, recorded by DDP on the first such step."""
+    _gather_root_parameters(model_chunks)
     groups = list(_bucket_groups(model_chunks))
     for group in groups:
         known = _GOLDEN.setdefault(group, {})
@@ -85,6 +88,21 @@ def overlapped_grad_reduce(model_chunks: List[torch.nn.Module], passes: int):
     for group in groups:
         if group.is_first_batch and group.per_param_grad_ready_counts:
             _GOLDEN[group][passes] = dict(group.per_param_grad_ready_counts)
+
+
+def _gather_root_parameters(model_chunks: List[torch.nn.Module]) -> None:
+    """Wait for the deferred all-gather of parameters held by the model itself, not a submodule.
+
+    DDP's forward pre-hook of a module waits for the buckets of that module's own parameters.
+    The looped pipeline calls the model's submodules pass by pass, never the model's own
+    forward, so the ponder feedback copy of E (a parameter of the model) would stay stale.
+    """
+    for chunk in model_chunks:
+        if not getattr(chunk, "use_forward_hook", False):
+            continue
+        for param in unwrap_model(chunk).parameters(recurse=False):
+            if param in chunk.param_to_bucket_group:
+                chunk.param_to_bucket_group[param].finish_param_sync()
 
 
 def gather_parameters_now(model_chunks: List[torch.nn.Module]) -> None:
