@@ -21,6 +21,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron_ponder.runtime.megatron_compat import drop_deprecated_full_cuda_graph_scope
 
 PONDER_MODES = ("none", "ponder", "latent")
+LOCAL_ATTENTIONS = ("sdpa", "unfused")  # PonderConfig.local_attention
 
 
 class PonderConfigError(ValueError):
@@ -72,6 +73,12 @@ class PonderConfig(TransformerConfig):
     transformer at comparable scale; 1.0 in modes ``none`` and ``ponder`` (whose feedback is
     made of the same embedding rows as e_0, so the relative scale is already right)."""
 
+    local_attention: str = "sdpa"
+    """Core attention of the local (non-Transformer-Engine) layer spec: ``sdpa``
+    (torch ``scaled_dot_product_attention``, :mod:`megatron_ponder.model.sdpa_attention`) or
+    ``unfused`` (Megatron's ``DotProductAttention``, which keeps the [b, heads, s, s]
+    probabilities for backward). The Transformer Engine spec ignores it (TE's fused attention)."""
+
     def __post_init__(self):
         drop_deprecated_full_cuda_graph_scope(self)  # Megatron's default warns at every build
         super().__post_init__()
@@ -111,6 +118,8 @@ class PonderConfig(TransformerConfig):
         self.jacobi_train_rounds = tuple(rounds)
         if not isinstance(self.jacobi_eval_rounds, int) or self.jacobi_eval_rounds < 0:
             fail("jacobi_eval_rounds", f"must be an integer >= 0; got {self.jacobi_eval_rounds!r}")
+        if self.local_attention not in LOCAL_ATTENTIONS:
+            fail("local_attention", f"must be one of {', '.join(LOCAL_ATTENTIONS)}; got {self.local_attention!r}")
         if self.input_embedding_scale is not None and not self.input_embedding_scale > 0:
             fail("input_embedding_scale", f"must be > 0 or None; got {self.input_embedding_scale!r}")
 

@@ -41,6 +41,7 @@ def train(args) -> dict:
     from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
     from megatron_ponder.training.flops import step_flops
     from megatron_ponder.training.model_config import model_config
+    from megatron_ponder.training.grad_overlap import gather_parameters_now
     from megatron_ponder.training.run_logger import RunLogger
     from megatron_ponder.training.step import train_step
 
@@ -74,6 +75,7 @@ def train(args) -> dict:
         logger.log_evaluation(iteration, loss)
 
     def save(iteration):
+        gather_parameters_now(chunks)  # --overlap-param-gather leaves the last all-gather to the next forward
         folder = save_checkpoint(args.save, iteration, model, optimizer, scheduler, stream.consumed_samples,
                                  run_args, args.use_distributed_optimizer)
         summary["checkpoints"].append(folder)

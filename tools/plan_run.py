@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     layout.add_argument("--cp", type=int, default=1)
     layout.add_argument("--no-sequence-parallel", action="store_true")
     layout.add_argument("--no-distributed-optimizer", action="store_true")
+    layout.add_argument("--no-overlap-dp", action="store_true",
+                        help="plan without --overlap-grad-reduce/--overlap-param-gather (DP reduction exposed)")
     cluster = parser.add_argument_group("cluster (defaults: H100 80GB SXM, assumptions in docs/planning.md)")
     cluster.add_argument("--gpus", type=int, default=8)
     cluster.add_argument("--gpus-per-node", type=int, default=8)
@@ -115,7 +117,7 @@ def main(argv=None) -> int:
             tp=args.tp, pp=args.pp, cp=args.cp, dp=args.gpus // model_parallel,
             sequence_parallel=not args.no_sequence_parallel, recompute=args.recompute,
             distributed_optimizer=not args.no_distributed_optimizer, micro_batch_size=args.micro_batch_size,
-            num_microbatches=args.global_batch_size // per_step,
+            num_microbatches=args.global_batch_size // per_step, overlap_dp=not args.no_overlap_dp,
         )
         plan = plan_layout(run, layout, cluster, utilisation)
     except ValueError as error:

@@ -45,7 +45,9 @@ ARCHITECTURE_STYLES: Dict[str, ArchitectureStyle] = {
             gated_linear_unit=True,
             activation_func=F.silu,
             add_bias_linear=False,
-            bias_activation_fusion=False,
+            # Megatron's fused SwiGLU (megatron.core.fusions.fused_bias_swiglu, also on CPU): it
+            # saves only fc1's output for backward, not also silu's output and the two halves.
+            bias_activation_fusion=True,
         ),
         position_embedding_type="rope",
         share_embeddings_and_output_weights=False,

@@ -18,6 +18,9 @@ from torch import Tensor
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 
+from megatron_ponder.config import LOCAL_ATTENTIONS
+from megatron_ponder.model.sdpa_attention import attention_dropout_rng, sdpa_context
+
 
 def global_slot_indices(local_length: int, cp_rank: int, cp_size: int, device=None) -> Tensor:
     """Global sequence index of each local position under the 2*cp load-balanced split.
@@ -62,7 +65,9 @@ def _to_global_order(gathered: Tensor) -> Tensor:
 class ContextParallelLocalAttention(MegatronModule):
     """Causal core attention over a context-parallel sequence, plain torch (CPU and any GPU).
 
-    Same constructor and forward signature as Megatron's ``DotProductAttention``.
+    Same constructor and forward signature as Megatron's ``DotProductAttention``, plus ``kernel``:
+    ``sdpa`` (:func:`megatron_ponder.model.sdpa_attention.sdpa_context`, no [b, np, s, s_global]
+    probabilities kept for backward) or ``unfused`` (einsum + softmax).
     Shapes: query [s_local, b, np, hn], key/value [s_local, b, ng, hn] -> [s_local, b, np*hn],
     with np/ng the heads/query groups of this tensor-parallel rank.
     """
@@ -77,8 +82,12 @@ class ContextParallelLocalAttention(MegatronModule):
         softmax_scale: Optional[float] = None,
         cp_comm_type: Optional[str] = None,
         pg_collection=None,
+        kernel: str = "sdpa",
     ):
         super().__init__(config=config)
+        if kernel not in LOCAL_ATTENTIONS:
+            raise ValueError(f"unknown local attention kernel {kernel!r}; choose one of {', '.join(LOCAL_ATTENTIONS)}")
+        self.kernel = kernel
         tp_size = config.tensor_model_parallel_size
         self.heads = config.num_attention_heads // tp_size
         self.groups = config.num_query_groups // tp_size
@@ -106,14 +115,18 @@ class ContextParallelLocalAttention(MegatronModule):
         cp_rank = dist.get_rank(group)
         key = _to_global_order(_AllGatherSequence.apply(key, group))
         value = _to_global_order(_AllGatherSequence.apply(value, group))
+        query_index = global_slot_indices(query.size(0), cp_rank, cp_size, query.device)
+        key_index = torch.arange(key.size(0), device=query.device)
+        future = key_index[None, :] > query_index[:, None]  # [s_local, s_global]
+        if self.kernel == "sdpa":
+            dropout_p = self.dropout.p if self.training else 0.0
+            with attention_dropout_rng(self.config, dropout_p):
+                return sdpa_context(query, key, value, future, False, self.softmax_scale, dropout_p)
         if self.heads != self.groups:
             key = key.repeat_interleave(self.heads // self.groups, dim=2)
             value = value.repeat_interleave(self.heads // self.groups, dim=2)
 
         scores = torch.einsum("sbnd,tbnd->bnst", query, key) * self.softmax_scale
-        query_index = global_slot_indices(query.size(0), cp_rank, cp_size, query.device)
-        key_index = torch.arange(key.size(0), device=query.device)
-        future = key_index[None, :] > query_index[:, None]  # [s_local, s_global]
         probs = torch.softmax(scores.float().masked_fill(future, float("-inf")), dim=-1)
         probs = probs.to(query.dtype)
         if self.config.sequence_parallel:

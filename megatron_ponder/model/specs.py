@@ -1,8 +1,10 @@
 """Layer specs: which Megatron modules build each transformer layer.
 
 * :func:`get_local_block_spec` — Megatron-Core's local (non-Transformer-Engine) GPT layer, with a
-  torch norm that also works under sequence parallelism and, when context parallelism is on, a
-  core attention that implements it (CPU runs, tests, laptops).
+  torch norm that also works under sequence parallelism, and a core attention chosen by
+  ``config.local_attention``: ``sdpa`` (default, :mod:`megatron_ponder.model.sdpa_attention`) or
+  ``unfused`` (Megatron's ``DotProductAttention``); when context parallelism is on, a core
+  attention that implements it, on the same kernel (CPU runs, tests, laptops, GPUs without TE).
 * :func:`get_transformer_engine_block_spec` — Megatron-Core's Transformer Engine GPT layer
   (fused norm+linear, TE attention with its own context parallelism, FP8-capable GEMMs) (GPU).
 * :func:`get_block_spec` — picks one: ``auto`` takes Transformer Engine when it is usable here
@@ -22,14 +24,16 @@ import torch
 
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import (
     TransformerBlockSubmodules,
     get_num_layers_to_build,
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_ponder.model.neox_layer import ParallelResidualTransformerLayer
 from megatron_ponder.model.context_parallel_attention import ContextParallelLocalAttention
+from megatron_ponder.model.neox_layer import ParallelResidualTransformerLayer
+from megatron_ponder.model.sdpa_attention import SDPAttention
 from megatron_ponder.runtime.transformer_engine import transformer_engine_unusable_reason
 
 TRANSFORMER_IMPLS = ("auto", "local", "transformer_engine")
@@ -78,7 +82,8 @@ def get_local_block_spec(
     """Megatron's local GPT layer spec for ``config`` with SP-capable norms, as a block spec.
 
     Args:
-        config: the model config (normalization, qk_layernorm and pipeline layout are read).
+        config: the model config (normalization, qk_layernorm, local_attention and pipeline
+            layout are read).
         vp_stage: virtual pipeline stage, for the number of layers this stage builds.
         parallel_residual: GPT-NeoX layers (attention and MLP both read the layer input).
     """
@@ -96,9 +101,12 @@ def get_local_block_spec(
     for name in ("q_layernorm", "k_layernorm"):
         if getattr(attention, name, IdentityOp) is not IdentityOp:
             setattr(attention, name, SequenceParallelTorchNorm)
+    kernel = getattr(config, "local_attention", "sdpa")
     if config.context_parallel_size > 1:
         # Megatron's local DotProductAttention refuses CP; this one all-gathers K/V over CP.
-        attention.core_attention = ContextParallelLocalAttention
+        attention.core_attention = ModuleSpec(module=ContextParallelLocalAttention, params={"kernel": kernel})
+    elif kernel == "sdpa":
+        attention.core_attention = SDPAttention
     return TransformerBlockSubmodules(
         layer_specs=[layer_spec] * get_num_layers_to_build(config, vp_stage=vp_stage),
         layer_norm=SequenceParallelTorchNorm,

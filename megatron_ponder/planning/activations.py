@@ -5,10 +5,14 @@ keeps its whole base alive), for the two kernel profiles of :class:`~.shapes.Pre
 
 * ``local`` (Megatron's local spec, as this project runs on CPU and tests measure): norms save
   input and statistics (torch's RMSNorm also its normalised input); every linear saves its input;
-  attention saves q and the (GQA-expanded) k, v for the two batched GEMMs, the s x s softmax
-  output (fp32, plus its cast when activations are 16-bit) and the s x s causal mask; RoPE saves
-  cos/sin per q and k (of the rotated channels only under partial rotary); SwiGLU saves fc1's output, silu's output, the linear half plus its offset
-  and fc2's input (5 x s*b*f), GeLU its input and fc2's input.
+  the SDPA core attention (default) saves q, k, v (not GQA-expanded; K/V all-gathered under CP),
+  its output, the fp32 log-sum-exp and, under CP, its [s, s*cp] mask as an additive float mask;
+  the unfused one (Megatron's DotProductAttention) saves q and the (GQA-expanded) k, v for the two
+  batched GEMMs, the s x s softmax output (fp32, plus its cast when activations are 16-bit) and
+  the s x s causal mask; RoPE saves
+  cos/sin per q and k (of the rotated channels only under partial rotary); SwiGLU (Megatron's fused function, bias_activation_fusion) saves fc1's output and
+  fc2's input (3 x s*b*f; unfused it would also keep silu's output and the linear half plus its
+  offset, 5 x s*b*f), GeLU its input and fc2's input.
 * ``te`` (Transformer Engine on GPU): fused norm+linear saves input, normalised output and
   statistics; flash attention saves q, k, v (not expanded), its output and the softmax
   log-sum-exp (no s x s matrix); the fused MLP saves fc1's output and fc2's input. Under FP8
@@ -85,6 +89,19 @@ def _attention_bytes(ctx: ActivationContext, slots: int, batch: int, recompute: 
         # checkpoint keeps its inputs: q, k (rotated: new tensors), v (a view of the qkv output)
         saved = (q + kv if rope else 0.0) + qkv_storage
         return saved + cos_sin + proj_input
+    if p.local_attention == "sdpa":
+        # q, k after RoPE are new tensors, else views of the qkv output; under CP k and v are
+        # the gathered copies (v otherwise a view of the qkv output).
+        q_saved = q if rope else 0.0
+        k_saved = kv * cp if cp > 1 else (kv if rope else 0.0)
+        v_saved = kv * cp if cp > 1 else 0.0
+        uses_qkv_view = not rope or cp == 1
+        lse = batch * heads * slots * 4
+        mask = slots * keys * e if cp > 1 else 0.0  # the boolean mask, as SDPA's additive float mask
+        return (
+            q_saved + k_saved + v_saved + (qkv_storage if uses_qkv_view else 0.0)
+            + lse + mask + cos_sin + proj_input  # SDPA's output is the projection input's storage
+        )
     grouped = m.num_attention_heads > m.num_query_groups
     q_saved = q if rope else 0.0
     expanded = q * cp  # k or v after repeat_interleave to every head (and the CP gather)
@@ -106,7 +123,9 @@ def _mlp_bytes(ctx: ActivationContext, slots: int, batch: int) -> float:
     f = slots * batch * m.ffn_hidden_size / ctx.tp
     if p.kernels == "te":
         return (2 if m.gated_linear_unit else 1) * f * e + f * p.linear_input_bytes
-    return (5 if m.gated_linear_unit else 2) * f * e
+    # SwiGLU through Megatron's fused function (the llama style's bias_activation_fusion): fc1's
+    # output (2f) and fc2's input; GeLU: its input and fc2's input.
+    return (3 if m.gated_linear_unit else 2) * f * e
 
 
 def layer_bytes(ctx: ActivationContext, slots: int, batch: int, recompute: str) -> float:

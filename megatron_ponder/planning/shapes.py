@@ -121,21 +121,25 @@ class Precision:
     """Bytes per element of what a GPU keeps.
 
     ``name``: bf16 or fp8 (TE FP8 GEMMs; weights and activations otherwise bf16), or fp32 (CPU).
-    ``kernels``: ``local`` = Megatron's local spec as this project runs it today (unfused: the
-    s x s attention probabilities are saved, norms save their normalised input; what the CPU
-    tests measure); ``te`` = Transformer Engine spec on GPU (flash attention saves q, k, v,
-    output and the softmax statistics, no s x s matrix; fused norm+linear), an assumption until
-    the project's TE spec lands.
+    ``kernels``: ``local`` = Megatron's local spec as this project runs it (norms save their
+    normalised input; what the CPU tests measure), its core attention ``local_attention``:
+    ``sdpa`` (torch's fused attention saves q, k, v, output and the log-sum-exp) or ``unfused``
+    (Megatron's DotProductAttention: the s x s probabilities are saved); ``te`` = Transformer
+    Engine spec on GPU (flash attention saves q, k, v, output and the softmax statistics, no
+    s x s matrix; fused norm+linear), an assumption until the project's TE spec lands.
     """
 
     name: str = "bf16"
     kernels: str = "te"
+    local_attention: str = "sdpa"
 
     def __post_init__(self):
         if self.name not in ("bf16", "fp8", "fp32"):
             raise ValueError(f"precision must be bf16, fp8 or fp32; got {self.name!r}")
         if self.kernels not in ("local", "te"):
             raise ValueError(f"kernels must be local or te; got {self.kernels!r}")
+        if self.local_attention not in ("sdpa", "unfused"):
+            raise ValueError(f"local_attention must be sdpa or unfused; got {self.local_attention!r}")
 
     @property
     def activation_bytes(self) -> int:
@@ -164,6 +168,10 @@ class Layout:
     distributed_optimizer: bool = True
     micro_batch_size: int = 1
     num_microbatches: int = 1
+    # --overlap-grad-reduce (+ --overlap-param-gather with the distributed optimizer): the DP
+    # reduction runs during the earliest pass's backward on the last microbatch, the parameter
+    # all-gather during the first pass's forward of the next step.
+    overlap_dp: bool = True
 
     def __post_init__(self):
         if self.recompute not in ("none", "selective", "full"):

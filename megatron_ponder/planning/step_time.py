@@ -10,13 +10,19 @@ Per pipeline stage k (its TP x CP x DP ranks share the stage's work):
     bubble       = (p-1) / (m*v + p-1)   (docs/pipeline.md)
 
 The pipeline runs at the pace of its slowest stage. Communication is modelled as this project
-trains (pretrain sets none of Megatron's overlap flags, and overlap_grad_reduce cannot be turned
-on: every pass reuses the same parameters, so DDP's per-parameter grad-ready hooks would fire
-once per pass): TP/SP collectives sit between GEMMs; PP p2p is blocking as in Megatron's
-non-overlapped schedule (a stage waits for its send/recv before its next chunk), so it adds to
-every stage's work; DP gradient reduce-scatter (all-reduce) and the distributed optimizer's
-parameter all-gather run after the last backward, fully exposed. Link time = wire bytes per rank
-/ :func:`link_bandwidth`. J varies per step: time and FLOPs are averaged over the J range.
+trains: TP/SP collectives sit between GEMMs; PP p2p is blocking as in Megatron's non-overlapped
+schedule (a stage waits for its send/recv before its next chunk), so it adds to every stage's
+work. DP: without ``Layout.overlap_dp`` the gradient reduce-scatter (all-reduce) and the
+distributed optimizer's parameter all-gather run after the last backward, fully exposed. With it
+(``--overlap-grad-reduce --overlap-param-gather``, :mod:`megatron_ponder.training.grad_overlap`)
+every pass reuses the parameters, so a bucket's gradients are complete only during the backward
+of the earliest pass on the last microbatch: that backward hides the reduction, and the forward
+of the first pass of the next step hides the all-gather:
+    t_DP[k] = max(0, t_reduce - t_bwd,0[k]) + max(0, t_gather - t_fwd,0[k]) + small collectives,
+    t_bwd,0[k] = t_compute[k] / m * share_0 * (2/3, full recompute 3/4), t_fwd,0 likewise (1/3, 1/4),
+with share_0 = pass 0's slots / all passes' slots (FLOPs taken as linear in the slots). Link
+time = wire bytes per rank / :func:`link_bandwidth`. J varies per step: time and FLOPs are
+averaged over the J range.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
-from megatron_ponder.planning.communication import step_wire_bytes
+from megatron_ponder.planning.communication import group_sizes, step_traffic, step_wire_bytes, wire_bytes
 from megatron_ponder.planning.schedule import bubble_fraction, step_passes
 from megatron_ponder.planning.shapes import Cluster, Layout, RunSpec
 from megatron_ponder.training.flops import step_flops
@@ -102,6 +108,28 @@ def link_bandwidth(group: str, layout: Layout, cluster: Cluster) -> float:
     return min(intra, inter * ranks_per_node)
 
 
+def exposed_dp_seconds(run: RunSpec, layout: Layout, stage: int, rounds: int, stage_compute: float,
+                       bandwidth: float) -> float:
+    """Data-parallel link time of stage ``stage`` left on the step's critical path."""
+    ops = step_traffic(run, layout, stage, rounds).payload.get("dp", {})
+    size = group_sizes(layout)["dp"]
+    seconds = {op: wire_bytes(op, payload, size) / bandwidth for op, payload in ops.items()}
+    if not layout.overlap_dp:
+        return sum(seconds.values())
+    passes = step_passes(run.method, rounds)
+    first_pass = stage_compute / layout.num_microbatches * passes[0].slots_per_token
+    first_pass /= sum(spec.slots_per_token for spec in passes)
+    backward_share = 3 / 4 if layout.recompute == "full" else 2 / 3
+    reduce_op = "reduce_scatter" if layout.distributed_optimizer else "all_reduce"
+    # The big all_reduce (no distributed optimizer) is the gradients; the 4- and 16-byte
+    # all-reduces of the token counts stay exposed (negligible).
+    reduce = wire_bytes(reduce_op, ops.get(reduce_op, 0.0), size) / bandwidth
+    small = sum(seconds.values()) - reduce - seconds.get("all_gather", 0.0)
+    exposed_reduce = max(0.0, reduce - first_pass * backward_share)
+    exposed_gather = max(0.0, seconds.get("all_gather", 0.0) - first_pass * (1 - backward_share))
+    return exposed_reduce + exposed_gather + small
+
+
 @dataclass
 class StepTime:
     flops: float  # executed per step (all GPUs), mean over J
@@ -140,7 +168,8 @@ def predict_step_time(run: RunSpec, layout: Layout, cluster: Cluster, utilisatio
             work = stage_compute + stage_comm.get("tp", 0.0) + stage_comm.get("pp", 0.0) + cp
             chunk_work = max(chunk_work, work)
             compute = max(compute, stage_compute)
-            dp_time = max(dp_time, stage_comm.get("dp", 0.0))
+            dp_time = max(dp_time, exposed_dp_seconds(run, layout, stage, rounds, stage_compute,
+                                                      link_bandwidth("dp", layout, cluster)))
         step = chunk_work / (1 - bubble) + dp_time
         rows.append((flops, model_flops(run, rounds), bubble, compute, comm, step, wire))
     count = len(rows)

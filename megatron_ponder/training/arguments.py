@@ -147,6 +147,15 @@ def _parallel_flags(parser: argparse.ArgumentParser) -> None:
     parallel.add_argument("--context-parallel-size", type=int, default=1)
     parallel.add_argument("--sequence-parallel", action="store_true")
     parallel.add_argument("--use-distributed-optimizer", action="store_true")
+    parallel.add_argument("--overlap-grad-reduce", action="store_true",
+                          help="start each DDP bucket's gradient reduction during the backward, once its last "
+                               "contribution of the step is in (the earliest pass of the last microbatch)")
+    parallel.add_argument("--overlap-param-gather", action="store_true",
+                          help="with --use-distributed-optimizer and --overlap-grad-reduce: all-gather the "
+                               "updated parameters bucket by bucket during the next forward")
+    parallel.add_argument("--ddp-bucket-size", type=int, default=None,
+                          help="parameters per DDP bucket under --overlap-grad-reduce (default: Megatron's, "
+                               "max(40M, 1M x data-parallel size))")
 
 
 def _schedule_flags(parser: argparse.ArgumentParser) -> None:
@@ -183,6 +192,10 @@ def _precision_flags(parser: argparse.ArgumentParser) -> None:
     precision.add_argument("--transformer-impl", choices=["auto", "local", "transformer_engine"], default="auto",
                            help="layer implementation: auto = Transformer Engine when CUDA and TE are present, "
                                 "else Megatron's local layers")
+    precision.add_argument("--local-attention", choices=["sdpa", "unfused"], default="sdpa",
+                           help="core attention of the local layer spec: sdpa = torch's fused "
+                                "scaled_dot_product_attention (no s x s probabilities kept), unfused = "
+                                "Megatron's DotProductAttention (the TE spec always uses TE's attention)")
     precision.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
     precision.add_argument("--recompute-method", choices=["uniform", "block"], default="uniform")
     precision.add_argument("--recompute-num-layers", type=int, default=1)
@@ -325,6 +338,10 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
         fail(f"--ponder-topk must be >= 1, got {args.ponder_topk}")
     if args.ponder_topk is not None and args.ponder_mode != "ponder":
         fail(f"--ponder-topk only applies to --ponder-mode ponder (got {args.ponder_mode})")
+    if args.overlap_param_gather and not (args.overlap_grad_reduce and args.use_distributed_optimizer):
+        fail("--overlap-param-gather needs --overlap-grad-reduce and --use-distributed-optimizer")
+    if args.ddp_bucket_size is not None and args.ddp_bucket_size < 1:
+        fail(f"--ddp-bucket-size must be >= 1, got {args.ddp_bucket_size}")
     _check_precision(args, fail)
     lo, hi = args.jacobi_train_rounds
     if lo < 0 or lo > hi:

@@ -81,6 +81,8 @@ def build_training_state(args, config):
             adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
             clip_grad=args.clip_grad, bf16=args.bf16, use_distributed_optimizer=args.use_distributed_optimizer,
         ),
+        overlap_grad_reduce=args.overlap_grad_reduce, overlap_param_gather=args.overlap_param_gather,
+        bucket_size=args.ddp_bucket_size,
     )
     scheduler = OptimizerParamScheduler(
         optimizer,

@@ -25,8 +25,10 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_model_config
 
+from megatron_ponder.model.passes import plan_for_config
 from megatron_ponder.parallel.context_parallel import split_batch_for_context_parallel
 from megatron_ponder.parallel.looped_pipeline import looped_forward_backward
+from megatron_ponder.training.grad_overlap import overlapped_grad_reduce
 
 
 def masked_token_loss(loss_mask: Tensor, output) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
@@ -164,11 +166,13 @@ def train_step(
     A non-finite loss (the same value on every rank) raises :class:`NonFiniteLossError` with
     ``nan_policy="stop"``; with ``"skip"`` the update is dropped and the step reported skipped.
     """
-    rounds = _step_rounds(get_model_config(model_chunks[0]), iteration)
+    config = get_model_config(model_chunks[0])
+    rounds = _step_rounds(config, iteration)
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, False, rounds)
+    with overlapped_grad_reduce(model_chunks, len(plan_for_config(config, rounds or 0))):
+        reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, False, rounds)
     loss, tokens, residuals = _reduce_reports(reports, rounds or 0)
     common = dict(loss=loss, tokens=tokens, jacobi_rounds=rounds or 0, jacobi_residuals=residuals or None)
     if not math.isfinite(loss):

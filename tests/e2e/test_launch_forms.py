@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from torchrun import REPO, child_env, free_port
+from support.torchrun import REPO, child_env, free_port
 
 SCRIPT = REPO / "examples" / "pretrain_ponder_gpt.sh"
 FLAGS = ["--mock-data", "--seq-length", "32", "--train-iters", "2", "--eval-interval", "2",

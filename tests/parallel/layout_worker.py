@@ -7,6 +7,12 @@ reports for every step. The test compares
 these numbers across layouts.
 
     torchrun --nproc-per-node 2 tests/parallel/layout_worker.py --tp 2 --sp --init DIR --out F
+
+With ``--overlap`` (DDP's overlap_grad_reduce, and overlap_param_gather under the distributed
+optimizer, small buckets) it also records every bucket reduction this rank launches: the step,
+the bucket, the norm of the local (not yet reduced) gradients it sends and whether it started
+inside the backward. ``--record-launches`` records the same without overlap (the reductions
+then all start after the backward).
 """
 
 from __future__ import annotations
@@ -73,6 +79,23 @@ def build(args, mode_fields):
     )
 
 
+OVERLAP_BUCKET_SIZE = 2000  # parameters: several buckets even in the tiny models
+
+
+def record_launches(chunks, launches: list, step: list) -> None:
+    """Log each bucket reduction DDP starts: (step, bucket, local grad norm, inside backward)."""
+    for chunk in chunks:
+        for index, group in enumerate(chunk.bucket_groups):
+            def start(*args, _group=group, _index=index, _original=group.start_grad_sync, **kwargs):
+                if not (_group.is_first_batch and _group.grad_reduce_handle is not None):  # else a no-op
+                    norm = sum(float(b.grad_data.double().pow(2).sum()) for b in _group.buckets) ** 0.5
+                    inside = torch._C._current_graph_task_id() != -1
+                    launches.append(dict(step=step[0], bucket=_index, norm=norm, inside_backward=inside))
+                return _original(*args, **kwargs)
+
+            group.start_grad_sync = start
+
+
 def parse_args():
     parser = argparse.ArgumentParser()
     parser.add_argument("--style", default="llama")
@@ -83,6 +106,8 @@ def parse_args():
     parser.add_argument("--untied", action="store_true", help="GPT-2 style with untied embeddings")
     parser.add_argument("--sp", action="store_true")
     parser.add_argument("--distributed-optimizer", action="store_true")
+    parser.add_argument("--overlap", action="store_true", help="overlap grad reduce (and param gather)")
+    parser.add_argument("--record-launches", action="store_true", help="record bucket reductions (implied by --overlap)")
     parser.add_argument("--modes", default=",".join(DEFAULT_MODES))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--micro-batch-size", type=int, default=2, help="global batch is 8 samples")
@@ -115,10 +140,17 @@ def train_modes(args):
         torch.manual_seed(1234)
         optimizer_config = OptimizerConfig(optimizer="adam", lr=1e-2, clip_grad=1.0, weight_decay=0.01,
                                            adam_eps=ADAM_EPS, use_distributed_optimizer=args.distributed_optimizer)
+        wrap_options = dict(overlap_grad_reduce=args.overlap,
+                            overlap_param_gather=args.overlap and args.distributed_optimizer,
+                            bucket_size=OVERLAP_BUCKET_SIZE if args.overlap else None)
+        launches = []
+        instrument = (lambda chunks, step: record_launches(chunks, launches, step)) \
+            if args.overlap or args.record_launches else None
         results[mode] = train_from_checkpoint(
             build(args, MODES[mode]), args.init, optimizer_config, args.steps,
             lambda step: microbatches(step, dp_rank, dp_size, args.micro_batch_size), args.micro_batch_size,
-            SEQ_LENGTH)
+            SEQ_LENGTH, wrap_options=wrap_options, on_wrapped=instrument)
+        results[mode]["launches"] = launches
     return results
 
 

@@ -17,7 +17,7 @@ def planner_method(fields: dict) -> Method:
 
 # Worker/test mode names -> planner methods (J fixed at 2, as the models are run).
 METHODS = {name: planner_method(variant(name, rounds=(2, 2))) for name in MODES}
-# CPU runs: fp32 everywhere, Megatron's local layer spec.
+# CPU runs: fp32 everywhere, Megatron's local layer spec (with the SDPA core attention, its default).
 CPU_PRECISION = Precision("fp32", "local")
 
 
@@ -26,7 +26,8 @@ def tiny_shape(style: str) -> ModelShape:
     return ModelShape.from_style(style, VOCAB, MAX_POSITIONS, **SIZES[style])
 
 
-def tiny_run(style: str, mode: str, seq_length: int, global_batch: int) -> RunSpec:
+def tiny_run(style: str, mode: str, seq_length: int, global_batch: int, local_attention: str = "sdpa") -> RunSpec:
+    precision = Precision(CPU_PRECISION.name, CPU_PRECISION.kernels, local_attention)
     return RunSpec(tiny_shape(style), METHODS[mode], seq_length=seq_length, global_batch_size=global_batch,
-                   precision=CPU_PRECISION)
+                   precision=precision)
 

@@ -64,20 +64,34 @@ def save_initial_checkpoint(model: torch.nn.Module, folder: str) -> None:
 
 def train_from_checkpoint(model: torch.nn.Module, folder: str, optimizer_config, steps: int,
                           microbatches: Callable[[int], List[dict]], micro_batch_size: int,
-                          seq_length: int) -> Dict[str, list]:
-    """Load ``folder`` into ``model``, train ``steps`` optimizer steps on ``microbatches(step)``;
-    returns the global mean loss, grad norm and Jacobi residuals (latent mode) of every step."""
+                          seq_length: int, wrap_options: Optional[dict] = None,
+                          on_wrapped: Optional[Callable[[list, list], None]] = None) -> Dict[str, list]:
+    """Load ``folder`` into ``model``, train ``steps`` optimizer steps on ``microbatches(step)``.
+
+    ``wrap_options``: extra arguments of ``wrap_and_build_optimizer`` (e.g. the DDP overlap);
+    ``on_wrapped(chunks, current_step)``: called once with the DDP chunks and a one-element list
+    holding the step being run (for instrumentation).
+
+    Returns the global mean loss, grad norm, Jacobi residuals (latent mode) and pass count of
+    every step.
+    """
     from megatron.core import dist_checkpointing
 
+    from megatron_ponder.model.passes import plan_for_config
     from megatron_ponder.training.optimizer import wrap_and_build_optimizer
     from megatron_ponder.training.step import train_step
 
     model.load_state_dict(dist_checkpointing.load(model.sharded_state_dict(), folder))
-    chunks, optimizer = wrap_and_build_optimizer([model], optimizer_config)
-    losses, grad_norms, residuals = [], [], []
+    chunks, optimizer = wrap_and_build_optimizer([model], optimizer_config, **(wrap_options or {}))
+    current_step = [0]
+    if on_wrapped is not None:
+        on_wrapped(chunks, current_step)
+    losses, grad_norms, residuals, passes = [], [], [], []
     for step in range(steps):
+        current_step[0] = step
         result = train_step(chunks, optimizer, microbatches(step), micro_batch_size, seq_length, iteration=step)
         losses.append(result.loss)
         grad_norms.append(result.grad_norm)
         residuals.append(result.jacobi_residuals)
-    return dict(losses=losses, grad_norms=grad_norms, jacobi_residuals=residuals)
+        passes.append(len(plan_for_config(model.config, result.jacobi_rounds)))
+    return dict(losses=losses, grad_norms=grad_norms, jacobi_residuals=residuals, passes=passes)

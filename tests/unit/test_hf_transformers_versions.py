@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from hf_tiny_models import save_ponder_lm, tiny_ponder_lm
+from support.hf_tiny_models import save_ponder_lm, tiny_ponder_lm
 
 MESSAGE = ("ImportError: PonderLM models need transformers >= 5.8 (installed: 4.57.6): "
            "pip install 'transformers>=5.8'")

@@ -11,8 +11,8 @@ import pytest
 import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from indexed_documents import write_random_documents
-from tiny_models import tiny_config, tiny_model
+from support.indexed_documents import write_random_documents
+from support.tiny_models import tiny_config, tiny_model
 
 from megatron_ponder.data.datasets import build_gpt_datasets
 from megatron_ponder.data.tokenizer import NullTokenizer

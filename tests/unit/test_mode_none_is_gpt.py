@@ -1,4 +1,9 @@
-"""Mode `none` is stock Megatron GPTModel: same weights, same loss, same gradients, bit for bit."""
+"""Mode `none` is stock Megatron GPTModel: same weights, same loss, same gradients, bit for bit.
+
+Bit for bit within one core-attention kernel: the stock local spec with Megatron's
+DotProductAttention (``local_attention="unfused"``) and the same spec with the SDPA core attention
+(the project's default).
+"""
 
 import pytest
 import torch
@@ -8,6 +13,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from conftest import causal_mask
 from megatron_ponder.model.architectures import build_ponder_gpt, get_style, make_ponder_config
+from megatron_ponder.model.sdpa_attention import SDPAttention
 
 SIZE = dict(
     num_layers=2, hidden_size=32, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=64,
@@ -15,18 +21,23 @@ SIZE = dict(
 )
 
 
+@pytest.mark.parametrize("kernel", ["sdpa", "unfused"])
 @pytest.mark.parametrize("style", ["llama", "gpt2"])
-def test_mode_none_equals_stock_gpt_model(megatron_world_of_one, style):
+def test_mode_none_equals_stock_gpt_model(megatron_world_of_one, style, kernel):
     torch.manual_seed(0)
     ponder = build_ponder_gpt(
-        make_ponder_config(style, **SIZE), style, vocab_size=96, max_sequence_length=16, transformer_impl="local"
+        make_ponder_config(style, local_attention=kernel, **SIZE), style, vocab_size=96, max_sequence_length=16,
+        transformer_impl="local",
     )
     chosen = get_style(style)
     torch.manual_seed(0)
     stock_config = TransformerConfig(**chosen.config_fields, **SIZE)
+    stock_spec = get_gpt_layer_local_spec(normalization=stock_config.normalization)
+    if kernel == "sdpa":
+        stock_spec.submodules.self_attention.submodules.core_attention = SDPAttention
     stock = GPTModel(
         stock_config,
-        get_gpt_layer_local_spec(normalization=stock_config.normalization),
+        stock_spec,
         vocab_size=96,
         max_sequence_length=16,
         share_embeddings_and_output_weights=chosen.share_embeddings_and_output_weights,
