@@ -87,7 +87,7 @@ def model_config(args):
         num_attention_heads=args.num_attention_heads,
         num_query_groups=args.num_query_groups or args.num_attention_heads,
         ffn_hidden_size=args.ffn_hidden_size,
-        init_method_std=args.init_method_std,
+        **init_fields(args),
         hidden_dropout=args.hidden_dropout,
         attention_dropout=args.attention_dropout,
         tensor_model_parallel_size=args.tensor_model_parallel_size,
@@ -111,6 +111,19 @@ def model_config(args):
         **precision,
         **recompute,
     )
+
+
+def init_fields(args) -> dict:
+    """make_ponder_config's init arguments for ``--init-style`` (the paper init sets its own std)."""
+    from megatron_ponder.training.arguments import ArgumentError
+
+    init_style = getattr(args, "init_style", "megatron")  # runs saved before the flag existed
+    if init_style == "megatron":
+        return dict(init_method_std=args.init_method_std)
+    if args.init_method_std != 0.02:  # the flag's default: given explicitly, it would be ignored
+        raise ArgumentError(f"--init-method-std {args.init_method_std} with --init-style {init_style}: the paper "
+                            "init sets the std itself (sqrt(2/(5h))); drop one of the two flags")
+    return dict(init_style=init_style)
 
 
 def build_model(args, config):
