@@ -15,7 +15,7 @@ def table(report: str, header_start: str):
     lines = report.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     header = [cell.strip() for cell in lines[start].strip("|").split("|")]
-    assert set(lines[start + 1].replace("|", "")) == {"-"}
+    assert set(lines[start + 1].replace("|", "")) <= {"-", ":"}  # a separator row (alignment colons allowed)
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
