@@ -6,8 +6,9 @@ A small random LLaMA-architecture backbone, one prompt, greedy decoding:
 * ``ponder S=3``: ``PonderLMForCausalLM.generate``: one KV cache per pass (S+1 caches) vs
   re-running the S+1 passes over the whole sequence every step;
 * ``latent N``: one cache that grows by N+1 slots per token (``prefill="sequential"``) vs
-  re-running the scoring forward with J = N*L Jacobi rounds (the exact uncached equivalent of the sequential decoder; cost
-  grows like L^2 passes per token, which is why the cache matters most here).
+  re-running the scoring forward with J = N*L Jacobi rounds (the exact uncached equivalent of
+  the sequential decoder; cost grows like L^2 passes per token, which is why the cache matters
+  most here). The default Jacobi prefill: ``benchmarks/hf_prefill_ttft.py``.
 
 Tokens/s counts generated tokens only (prefill included in the time).
 

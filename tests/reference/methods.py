@@ -98,7 +98,7 @@ def latent_loss(
 ) -> Tuple[torch.Tensor, List[float]]:
     """Latent thoughts with Jacobi iterations -> (loss [b, L], residual per round).
 
-    Initial thoughts (the paper's rule): for k = 1..N, body over [x_i, z_i^1..z_i^{k-1}]_i
+    Initial thoughts (the papers' rule): for k = 1..N, body over [x_i, z_i^1..z_i^{k-1}]_i
     (length kL, k slots per group), then every thought present is set from it:
     z_i^j <- H[slot j-1 of group i] = H[:, i*k + j - 1] for j = 1..k (z^1..z^{k-1} refreshed as
     in a Jacobi round, the new z^k from the group's last slot).

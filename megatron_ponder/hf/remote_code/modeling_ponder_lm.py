@@ -16,8 +16,9 @@ mask and (when generating) a ``transformers`` Cache. The method is the one of th
   (V' = ``ponder_vocab_size``), then the final pass gives the logits.
 * ``latent``: interleaved slots ``[x_1, z_1^1..z_1^N, x_2, ...]`` sharing their token's position
   id, attention causal over slot order; N initial passes (pass k over the k slots present so
-  far sets z^1..z^k to the outputs of slots 0..k-1 of each group: the papers' rule); J Jacobi rounds (every thought <- output of the slot before it); final pass, logits at the
-  last thought slot of every token.
+  far sets z^1..z^k to the outputs of slots 0..k-1 of each group: the papers' rule); J Jacobi
+  rounds (every thought <- output of the slot before it); final pass, logits at the last thought
+  slot of every token.
 
 Scoring (``forward``) computes the thoughts with J Jacobi rounds (as in training/evaluation).
 KV-cached decoding (``generate``) fills the prompt either the same way (``prefill="jacobi"``, the
@@ -253,7 +254,8 @@ class PonderLMForCausalLM(PreTrainedModel):
     ) -> Tensor:
         """Initial thoughts, ``rounds`` Jacobi rounds, final pass -> logits [b, L, V]."""
         thoughts = self._latent_thoughts(token_inputs, position_ids, attention_mask, rounds)
-        return self.output_logits(self._latent_pass(token_inputs, thoughts, position_ids, attention_mask)[:, :, -1])
+        outputs = self._latent_pass(token_inputs, thoughts, position_ids, attention_mask)  # [b, L, N+1, h]
+        return self.output_logits(outputs[:, :, -1])
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
