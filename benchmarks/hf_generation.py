@@ -5,9 +5,10 @@ A small random LLaMA-architecture backbone, one prompt, greedy decoding:
 * ``none``: the stock ``LlamaForCausalLM.generate`` (GenerationMixin), ``use_cache`` on/off;
 * ``ponder S=3``: ``PonderLMForCausalLM.generate``: one KV cache per pass (S+1 caches) vs
   re-running the S+1 passes over the whole sequence every step;
-* ``latent N``: one cache that grows by N+1 slots per token vs re-running the scoring forward
-  with J = N*L Jacobi rounds (the exact uncached equivalent of the sequential decoder; cost
-  grows like L^2 passes per token, which is why the cache matters most here).
+* ``latent N``: one cache that grows by N+1 slots per token (``prefill="sequential"``) vs
+  re-running the scoring forward with J = N*L Jacobi rounds (the exact uncached equivalent of
+  the sequential decoder; cost grows like L^2 passes per token, which is why the cache matters
+  most here). The default Jacobi prefill: ``benchmarks/hf_prefill_ttft.py``.
 
 Tokens/s counts generated tokens only (prefill included in the time).
 
@@ -60,7 +61,8 @@ def tokens_per_second(model, prompt, new_tokens: int, use_cache: bool, repeats: 
         with torch.no_grad():
             out = model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                  do_sample=False, use_cache=use_cache) if isinstance(model, LlamaForCausalLM) \
-                else model.generate(prompt, max_new_tokens=new_tokens, use_cache=use_cache)
+                else model.generate(prompt, max_new_tokens=new_tokens, use_cache=use_cache,
+                                    prefill="sequential")  # the exact decoder, as uncached
         best = min(best, time.perf_counter() - start)
         assert out.size(1) == prompt.size(1) + new_tokens
     return new_tokens / best

@@ -38,12 +38,10 @@ def load_hf_model(source: str, gguf_file: Optional[str] = None):
     transformers = require("transformers")
     if gguf_file is not None:
         require("gguf")
-    from megatron_ponder.runtime.cpu import torch_factories_unpatched
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        with torch_factories_unpatched():  # HF's buffer initialisation needs torch's own factories
-            return transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs).eval()
+        return transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs).eval()
     except (OSError, ValueError) as error:  # no/unknown config.json, missing weights or GGUF file
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConversionError(f"cannot load a Hugging Face model from {source}: {first_line}") from None

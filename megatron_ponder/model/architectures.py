@@ -8,6 +8,7 @@ subclass (:mod:`megatron_ponder.model.neox_layer`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 
 from megatron_ponder.config import PonderConfig
+from megatron_ponder.model.paper_init import INIT_STYLES, paper_init_fields
 from megatron_ponder.model.ponder_gpt import PonderGPTModel
 from megatron_ponder.model.specs import get_block_spec
 
@@ -78,9 +80,19 @@ def get_style(name: str) -> ArchitectureStyle:
     return ARCHITECTURE_STYLES[name]
 
 
-def make_ponder_config(style: str, **fields) -> PonderConfig:
-    """PonderConfig for ``style``; ``fields`` (sizes, mode, parallelism...) override the style."""
-    return PonderConfig(**{**get_style(style).config_fields, **fields})
+def make_ponder_config(style: str, init_style: str = "megatron", **fields) -> PonderConfig:
+    """PonderConfig for ``style``; ``fields`` (sizes, mode, parallelism...) override the style.
+
+    ``init_style``: ``megatron`` (Megatron's normal init, ``init_method_std``) or ``ponderlm``
+    (the papers' truncated-normal init, :mod:`megatron_ponder.model.paper_init`).
+    """
+    if init_style not in INIT_STYLES:
+        raise ValueError(f"unknown init_style {init_style!r}; choose one of {', '.join(INIT_STYLES)}")
+    fields = {**get_style(style).config_fields, **fields}
+    if init_style == "ponderlm":
+        defaults = {f.name: f.default for f in dataclasses.fields(PonderConfig)}
+        fields.update(paper_init_fields(style, fields, defaults))
+    return PonderConfig(**fields)
 
 
 def build_ponder_gpt(

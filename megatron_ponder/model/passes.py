@@ -59,8 +59,8 @@ class Pass:
     slots_per_token: k, the slots of each token in this pass's sequence (kL slots).
     state_blocks: L-blocks of fed-back state the pass reads (0: nothing fed back yet).
     carried_blocks: L-blocks of that state its feedback reads again after the transformer
-        (ponder accumulate: the running sum; initial thought: the thoughts it keeps), which the
-        pipeline carries from the first to the last stage.
+        (ponder accumulate: the running sum; latent passes read nothing back: they build every
+        thought from their output), which the pipeline carries from the first to the last stage.
     feedback_blocks: L-blocks of state it hands to the next pass (0 for ``FINAL``).
     """
 
@@ -94,10 +94,12 @@ def plan_passes(
         return plan + (Pass(ponder_steps, PassKind.FINAL, 1, 1, 0, 0),)
     if mode == "latent":
         n = num_latent_thoughts
-        # The initial-thought rule lives in ``carried_blocks``: pass v keeps thoughts 1..v as fed
-        # back and takes thought v+1 from the output (see pass_feedback). Keeping none (0) would
-        # refresh every thought from the output, as a Jacobi round does.
-        plan = tuple(Pass(v, PassKind.INITIAL_THOUGHT, v + 1, v, v, v + 1) for v in range(n))
+        # The initial-thought rule lives in ``carried_blocks`` (0): pass v (v+1 slots per token)
+        # keeps none of the thoughts fed back; the outputs of slots 0..v of each group become
+        # thoughts 1..v+1 (see pass_feedback), i.e. the earlier thoughts are refreshed as in a
+        # Jacobi round and the group's last slot gives the new one. This is the papers' released
+        # code (docs/methods.md, "Initial thoughts").
+        plan = tuple(Pass(v, PassKind.INITIAL_THOUGHT, v + 1, v, 0, v + 1) for v in range(n))
         plan += tuple(Pass(n + j, PassKind.JACOBI_ROUND, n + 1, n, 0, n) for j in range(jacobi_rounds))
         return plan + (Pass(n + jacobi_rounds, PassKind.FINAL, n + 1, n, 0, 0),)
     raise ValueError(f"unknown ponder_mode {mode!r}: choose none, ponder or latent")
@@ -140,11 +142,7 @@ def first_stage_input(p: Pass, token_inputs: Tensor, state: Optional[Tensor]) ->
 
 def carried_state(p: Pass, state: Optional[Tensor]) -> Optional[Tensor]:
     """The part of the fed-back state that :func:`pass_feedback` reads (None if nothing)."""
-    if p.carried_blocks == 0:
-        return None
-    if p.kind is PassKind.INITIAL_THOUGHT:
-        return state[:, : p.carried_blocks]  # the thoughts kept
-    return state  # ponder: the running sum
+    return None if p.carried_blocks == 0 else state  # ponder accumulate: the running sum
 
 
 def pass_feedback(p: Pass, output: Tensor, carried: Optional[Tensor], model) -> Tensor:
@@ -157,16 +155,15 @@ def pass_feedback(p: Pass, output: Tensor, carried: Optional[Tensor], model) -> 
 
     Returns:
         ponder: [L, b, h] the mixture, plus the carried running sum when accumulating;
-        initial thought: [L, k, b, h] the kept thoughts, then the outputs of the remaining
-        slots (today one: the group's last slot, which becomes thought k);
+        initial thought: [L, k, b, h] the outputs of the group's k slots: slot j's output becomes
+        thought j+1 (z^1..z^{k-1} refreshed as in a Jacobi round, the last slot's is the new z^k);
         Jacobi round: [L, N, b, h] from :func:`jacobi_update`.
     """
     if p.kind is PassKind.PONDER_FEEDBACK:
         mixture = model.ponder_mixture(output)
         return mixture if carried is None else carried + mixture
     if p.kind is PassKind.INITIAL_THOUGHT:
-        fresh = group_slots(output, p.slots_per_token)[:, p.carried_blocks :]
-        return fresh if carried is None else torch.cat([carried, fresh], dim=1)
+        return group_slots(output, p.slots_per_token)
     if p.kind is PassKind.JACOBI_ROUND:
         return jacobi_update(output, p.slots_per_token - 1)
     raise ValueError(f"pass {p.index} ({p.kind.value}) feeds nothing back")

@@ -18,6 +18,7 @@ Used by the tests and by CPU runs of the training entry point. Call it before bu
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import List
 
 import torch
@@ -42,19 +43,39 @@ _FACTORIES = (
 
 
 def _cpu_factory(factory):
+    @functools.wraps(factory)
     def on_cpu(*args, **kwargs):
         if _is_cuda_device(kwargs.get("device")):
             kwargs["device"] = "cpu"
         kwargs.pop("pin_memory", None)  # pinning needs a CUDA allocator
         return factory(*args, **kwargs)
 
-    on_cpu.__wrapped__ = factory
     return on_cpu
+
+
+def _keep_device_contexts_working() -> None:
+    """Make ``with torch.device(...)`` keep placing torch's factories after they are wrapped.
+
+    Why: the device context (``torch.utils._device.DeviceContext``, used by transformers'
+    ``from_pretrained`` to build models on the meta device) redirects a factory call only when
+    the function it intercepts is in ``_device_constructors()``, a set built once, on first use,
+    from the ``torch.*`` attributes of that moment. Built after our wrapping, it would hold the
+    wrappers, while the call it intercepts is the original factory inside the wrapper: the device
+    context would silently stop applying (e.g. RoPE's ``inv_freq`` created on CPU, then treated
+    as a meta placeholder and left uninitialised). Building the set now, from torch's own
+    factories, keeps third-party code computing exactly what it computes without the patches.
+    """
+    from torch.utils import _device
+
+    constructors = _device._device_constructors()  # lru_cache(1): built here, kept for good
+    constructors.update(getattr(factory, "__wrapped__", factory)
+                        for factory in (getattr(torch, name) for name in _FACTORIES))
 
 
 def _patch_cuda_device_calls() -> None:
     # Why: buffers (attention masks, TP/SP gather buffers, DDP) are placed on current_device().
     torch.cuda.current_device = lambda: torch.device("cpu")
+    _keep_device_contexts_working()  # before the wrapping below (see the function)
     # Why: factory calls with device="cuda" in schedules/optimizer/grad buffers/masks. Patched on
     # the torch module (not with a TorchFunctionMode, which is switched off inside the ops it
     # intercepts, e.g. inside backward() where activation recompute re-runs the forward).
@@ -170,21 +191,6 @@ def enable_cpu_megatron() -> List[str]:
     return list(_APPLIED)
 
 
-@contextlib.contextmanager
-def torch_factories_unpatched():
-    """Run a block with torch's own tensor factories (the CPU patches' wrappers set aside).
-
-    Hugging Face ``from_pretrained`` (transformers 5) builds models on the meta device and then
-    recomputes non-persistent buffers such as RoPE's ``inv_freq``; with the wrapped factories
-    in place those buffers come back uninitialised. Weights are unaffected. No-op when the
-    patches are not applied.
-    """
-    wrapped = {name: getattr(torch, name) for name in _FACTORIES
-               if hasattr(getattr(torch, name), "__wrapped__")}
-    for name, factory in wrapped.items():
-        setattr(torch, name, factory.__wrapped__)
-    try:
-        yield
-    finally:
-        for name, factory in wrapped.items():
-            setattr(torch, name, factory)
+def cpu_megatron_enabled() -> bool:
+    """True once :func:`enable_cpu_megatron` has patched this process."""
+    return bool(_APPLIED)

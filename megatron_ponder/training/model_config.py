@@ -54,6 +54,17 @@ def _derived_fields(args: argparse.Namespace) -> Dict[str, Any]:
     return derived
 
 
+def _init_style(args: argparse.Namespace) -> str:
+    """``--init-style``; the paper init sets the std itself, so an explicit ``--init-method-std`` is refused."""
+    from megatron_ponder.training.arguments import ArgumentError
+
+    init_style = getattr(args, "init_style", "megatron")  # runs saved before the flag existed
+    if init_style != "megatron" and args.init_method_std != 0.02:  # 0.02: the flag's default
+        raise ArgumentError(f"--init-method-std {args.init_method_std} with --init-style {init_style}: the paper "
+                            "init sets the std itself (sqrt(2/(5h))); drop one of the two flags")
+    return init_style
+
+
 def model_config(args: argparse.Namespace):
     """The PonderConfig the run's flags describe (also used by the HF converters and benchmarks).
 
@@ -62,5 +73,5 @@ def model_config(args: argparse.Namespace):
     from megatron_ponder.config import PonderConfig
     from megatron_ponder.model.architectures import make_ponder_config
 
-    return make_ponder_config(args.architecture, **{**config_fields_from_args(PonderConfig, args),
-                                                    **_derived_fields(args)})
+    return make_ponder_config(args.architecture, init_style=_init_style(args),
+                              **{**config_fields_from_args(PonderConfig, args), **_derived_fields(args)})

@@ -25,9 +25,10 @@ PRESETS = {
                         ffn_hidden_size=8192, seq_length=2048),
     "pythia-2.8b": dict(architecture="neox", num_layers=32, hidden_size=2560, num_attention_heads=32,
                         ffn_hidden_size=10240, seq_length=2048),
-    # LLaMA-style 1.4B (PonderLM-2's LLaMA runs): SwiGLU, RoPE, GQA.
-    "llama-1.4b": dict(architecture="llama", num_layers=24, hidden_size=2048, num_attention_heads=16,
-                       num_query_groups=16, ffn_hidden_size=5632, seq_length=2048),
+    # LLaMA-style 1.4B as PonderLM-2 trains it: SwiGLU (FFN 5504), RoPE, 32 heads (no GQA),
+    # untied; vocabulary 50304 with the GPT-NeoX tokenizer (padded to a multiple of 128).
+    "llama-1.4b": dict(architecture="llama", num_layers=24, hidden_size=2048, num_attention_heads=32,
+                       num_query_groups=32, ffn_hidden_size=5504, seq_length=2048),
     # LLaMA(-2) 7B and 70B shapes for planning runs at scale (tools/plan_run.py).
     "llama-7b": dict(architecture="llama", num_layers=32, hidden_size=4096, num_attention_heads=32,
                      num_query_groups=32, ffn_hidden_size=11008, seq_length=2048),

@@ -15,7 +15,7 @@ def table(report: str, header_start: str):
     lines = report.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     header = [cell.strip() for cell in lines[start].strip("|").split("|")]
-    assert set(lines[start + 1].replace("|", "")) == {"-"}
+    assert set(lines[start + 1].replace("|", "")) <= {"-", ":"}  # a separator row (alignment colons allowed)
     rows = []
     for line in lines[start + 2:]:
         if not line.startswith("|"):
@@ -51,3 +51,16 @@ def test_mode_cost_benchmark_tiny(tmp_path):
     assert [r["mode"] for r in memory] == ["none"]  # the only memory mode among those asked for
     assert float(memory[0]["recompute none MiB"]) > 0 and float(memory[0]["recompute full MiB"]) > 0
     assert memory[0]["recompute selective MiB"] == "-"
+
+
+def test_prefill_benchmark_tiny(tmp_path):
+    output = tmp_path / "hf_prefill.md"
+    printed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "hf_prefill_ttft.py"), "--prompt", "8", "--hidden", "64",
+         "--layers", "1", "--vocab", "64", "--repeats", "1", "--output", str(output)],
+        env=child_env(), cwd=REPO, check=True, capture_output=True, text=True,
+    ).stdout
+    rows = table(output.read_text(), "| mode | Jacobi prefill")
+    assert [r["mode"] for r in rows] == ["latent N=1", "latent N=2"]
+    assert all(float(r["Jacobi prefill, J=3 (s)"]) > 0 and float(r["sequential prefill (s)"]) > 0 for r in rows)
+    assert rows[0]["mode"] in printed

@@ -14,7 +14,6 @@ from support.torchrun import run_torchrun
 
 from megatron_ponder.hf.export import export_checkpoint, load_single_process_model
 from megatron_ponder.hf.import_hf import import_hf_model
-from megatron_ponder.runtime.cpu import torch_factories_unpatched
 
 VOCAB = 128  # the entry point's mock data uses the whole (unpadded) table as its vocabulary
 
@@ -43,8 +42,7 @@ def test_tp2_pp2_checkpoint_exports_the_original_model(megatron_world_of_one, tm
     assert "resumed from" in result.stdout
 
     out = export_checkpoint(str(tmp_path / "tp2pp2"), str(tmp_path / "hf"))
-    with torch_factories_unpatched():
-        exported = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    exported = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     for name, tensor in original.state_dict().items():
         assert torch.equal(tensor, exported.state_dict()[name]), name
 

@@ -98,8 +98,10 @@ def latent_loss(
 ) -> Tuple[torch.Tensor, List[float]]:
     """Latent thoughts with Jacobi iterations -> (loss [b, L], residual per round).
 
-    Initial thoughts: for k = 1..N, body over [x_i, z_i^1..z_i^{k-1}]_i (length kL) and
-    z_i^k = H[slot of z_i^{k-1}] (slot of x_i for k = 1), i.e. H[:, i*k + k - 1].
+    Initial thoughts (the papers' rule): for k = 1..N, body over [x_i, z_i^1..z_i^{k-1}]_i
+    (length kL, k slots per group), then every thought present is set from it:
+    z_i^j <- H[slot j-1 of group i] = H[:, i*k + j - 1] for j = 1..k (z^1..z^{k-1} refreshed as
+    in a Jacobi round, the new z^k from the group's last slot).
     Jacobi round: body over the (N+1)L sequence, then simultaneously
     z_i^k <- H[:, i(N+1) + k - 1]. Residual = mean((z_new - z_old)^2) over all thoughts.
     """
@@ -113,7 +115,7 @@ def latent_loss(
     thoughts: List[torch.Tensor] = []  # thoughts[k-1] = z^k, [b, L, h]
     for k in range(1, N + 1):
         H = model.body(interleave(token_slots, thoughts), interleaved_positions(position_ids, k))
-        thoughts.append(H[:, token_index * k + (k - 1)])
+        thoughts = [H[:, token_index * k + (j - 1)] for j in range(1, k + 1)]
 
     residuals: List[float] = []
     full_positions = interleaved_positions(position_ids, N + 1)

@@ -26,7 +26,6 @@ from support.tiny_models import relative_error
 from megatron_ponder.hf.configs import ConversionError, megatron_flags_from_hf_config
 from megatron_ponder.hf.export import export_checkpoint, load_single_process_model
 from megatron_ponder.hf.import_hf import import_hf_model
-from megatron_ponder.runtime.cpu import torch_factories_unpatched
 from megatron_ponder.training.arguments import parse_args
 from megatron_ponder.training.build import build_model
 from megatron_ponder.training.checkpointing import save_weights_checkpoint
@@ -90,8 +89,7 @@ def test_export_mode_none_gives_megatron_logits(megatron_world_of_one, tmp_path,
     out = export_checkpoint(str(tmp_path / "megatron"), str(tmp_path / "hf"))
     config = json.loads((out / "config.json").read_text())
     assert "auto_map" not in config and config["vocab_size"] == VOCAB
-    with torch_factories_unpatched():  # this process runs Megatron on CPU (see the function)
-        hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     assert type(hf_model).__name__ == {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel",
                                        "neox": "GPTNeoXForCausalLM"}[style]
     tokens, positions = _tokens()
@@ -128,9 +126,8 @@ def _check_export_gives_megatron_logits(tmp_path, style, mode):
     assert config["model_type"] == "ponder_lm" and config["ponder_mode"] == flags["ponder_mode"]
     assert config["ponder_topk"] == flags.get("ponder_topk")
     assert config["backbone_config"]["model_type"] == {"llama": "llama", "gpt2": "gpt2", "neox": "gpt_neox"}[style]
-    with torch_factories_unpatched():
-        hf_model = transformers.AutoModelForCausalLM.from_pretrained(
-            str(out), trust_remote_code=True, dtype=torch.float32).eval()
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(out), trust_remote_code=True, dtype=torch.float32).eval()
     assert type(hf_model).__name__ == "PonderLMForCausalLM"
     tokens, positions = _tokens()
     with torch.no_grad():
@@ -157,8 +154,7 @@ def test_import_then_export_is_bit_exact(megatron_world_of_one, tmp_path, style)
         assert relative_error(megatron_model(tokens, positions, None)[..., :VOCAB], expected) < 1e-4
 
     out = export_checkpoint(str(tmp_path / "megatron"), str(tmp_path / "hf"))
-    with torch_factories_unpatched():
-        exported = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    exported = transformers.AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
     with torch.no_grad():  # the exported folder runs as the original model
         assert relative_error(exported(tokens).logits, expected) < 1e-4
     original, round_trip = hf_model.state_dict(), exported.state_dict()

@@ -4,10 +4,12 @@ Every model is saved (weights, config.json with auto_map, the two remote-code fi
 loaded with ``AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`` in a subprocess
 in which importing megatron_ponder (or megatron) raises: what a user without this project gets.
 
-KV-cached decoding (ponder: one cache per pass; latent: N+1 single-slot steps per token, the
-sequential definition of the thoughts) must give the same greedy tokens as uncached decoding,
-which re-runs the scoring forward over the whole sequence each step (latent: with J = N*L Jacobi
-rounds, equal to the sequential definition). The first-step logits are also compared numerically,
+KV-cached decoding with the exact prompt filling (ponder: one cache per pass; latent:
+``prefill="sequential"``, N+1 single-slot steps per token, the sequential definition of the
+thoughts) must give the same greedy tokens as uncached decoding, which re-runs the scoring forward
+over the whole sequence each step (latent: with J = N*L Jacobi rounds, equal to the sequential
+definition). The default Jacobi prefill is tested in tests/unit/test_hf_prefill.py; here it
+decodes a left-padded row as it decodes that row alone. The first-step logits are also compared numerically,
 with a control showing the comparison can fail (latent: J=0 differs).
 """
 
@@ -50,7 +52,7 @@ for case, directory in json.loads(sys.argv[1]).items():
     model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True).eval()
     config = model.config
     prompts = torch.randint(0, 60, (2, 5), generator=torch.Generator().manual_seed(0))
-    cached = model.generate(prompts, max_new_tokens=6)
+    cached = model.generate(prompts, max_new_tokens=6, prefill="sequential")
     uncached = model.generate(prompts, max_new_tokens=6, use_cache=False)
     # left padding: row 0 keeps 3 prompt tokens
     mask = torch.ones_like(prompts)
@@ -61,7 +63,8 @@ for case, directory in json.loads(sys.argv[1]).items():
     for use_cache in (True, True, False):
         torch.manual_seed(7)
         samples.append(model.generate(prompts, max_new_tokens=6, do_sample=True, temperature=0.8,
-                                      top_k=20, top_p=0.95, use_cache=use_cache)[:, 5:].tolist())
+                                      top_k=20, top_p=0.95, use_cache=use_cache,
+                                      prefill="sequential")[:, 5:].tolist())
     with torch.no_grad():
         decoder_logits = sys.modules[type(model).__module__]._CachedDecoder(
             model, prompts, torch.ones_like(prompts), torch.arange(5).expand(2, -1)).prefill_logits

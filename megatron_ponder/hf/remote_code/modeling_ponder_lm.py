@@ -15,16 +15,18 @@ mask and (when generating) a ``transformers`` Cache. The method is the one of th
 * ``ponder``: S feedback passes ``cur <- cur (or e_0) + s * softmax(W_out M(cur))[:V'] @ E[:V']``
   (V' = ``ponder_vocab_size``), then the final pass gives the logits.
 * ``latent``: interleaved slots ``[x_1, z_1^1..z_1^N, x_2, ...]`` sharing their token's position
-  id, attention causal over slot order; initial thoughts from passes over the slots present so
-  far; J Jacobi rounds (every thought <- output of the slot before it); final pass, logits at the
-  last thought slot of every token.
+  id, attention causal over slot order; N initial passes (pass k over the k slots present so
+  far sets z^1..z^k to the outputs of slots 0..k-1 of each group: the papers' rule); J Jacobi
+  rounds (every thought <- output of the slot before it); final pass, logits at the last thought
+  slot of every token.
 
-Scoring (``forward``) and decoding (``generate``) differ in one place, by construction:
-the scoring forward computes the thoughts with J Jacobi rounds (as in training/evaluation), while
-KV-cached decoding builds the thoughts slot by slot, which is the sequential definition
-``z_i = H(x_<=i, z_<i)``. The two agree exactly once J >= N*L (every round fixes at least one more
-slot of the causal chain); ``generate(use_cache=False)`` uses the scoring forward with J = N*L and
-is therefore the uncached reference of the cached decoder.
+Scoring (``forward``) computes the thoughts with J Jacobi rounds (as in training/evaluation).
+KV-cached decoding (``generate``) fills the prompt either the same way (``prefill="jacobi"``, the
+default: the papers' decoder) or slot by slot (``prefill="sequential"``: the sequential definition
+``z_i = H(x_<=i, z_<i)``), and builds every new token's thoughts slot by slot. The two agree exactly
+once J >= N*L (every round fixes at least one more slot of the causal chain);
+``generate(use_cache=False)`` uses the scoring forward with J = N*L and is therefore the uncached
+reference of the sequential prefill.
 """
 
 from __future__ import annotations
@@ -226,32 +228,45 @@ class PonderLMForCausalLM(PreTrainedModel):
         hidden = self.transformer_pass(current, position_ids, attention_mask, caches[-1])
         return self.output_logits(hidden)
 
+    def _latent_pass(self, token_inputs: Tensor, thoughts: list[Tensor], position_ids: Tensor,
+                     attention_mask: Tensor, cache: DynamicCache | None = None) -> Tensor:
+        """One pass over the tokens and their k-1 thoughts (k slots per token) -> outputs [b, L, k, h].
+
+        Args:
+            token_inputs: E(x) [b, L, h]; thoughts: k-1 tensors [b, L, h] (thoughts[j-1] = z^j).
+            position_ids, attention_mask: [b, L] token-level (expanded to the k slots here).
+            cache: filled with this pass's keys/values (the Jacobi prefill's final pass), or None.
+        """
+        slots = len(thoughts) + 1
+        sequence = torch.stack([token_inputs, *thoughts], dim=2).flatten(1, 2)  # [b, kL, h]
+        hidden = self.transformer_pass(
+            sequence,
+            position_ids.repeat_interleave(slots, dim=1),
+            attention_mask.repeat_interleave(slots, dim=1),
+            cache,
+        )
+        return hidden.unflatten(1, (token_inputs.size(1), slots))
+
+    def _latent_thoughts(self, token_inputs: Tensor, position_ids: Tensor, attention_mask: Tensor,
+                         rounds: int) -> list[Tensor]:
+        """The N initial passes and ``rounds`` Jacobi rounds -> thoughts, N tensors [b, L, h]."""
+        thoughts: list[Tensor] = []  # thoughts[k-1] = z^k
+        for _ in range(self.config.num_latent_thoughts):
+            # The papers' rule: the pass over the k slots so far sets every thought, z^1..z^k <-
+            # outputs of slots 0..k-1 (the old ones refreshed as in a Jacobi round, z^k new).
+            thoughts = list(self._latent_pass(token_inputs, thoughts, position_ids, attention_mask).unbind(2))
+        for _ in range(rounds):
+            outputs = self._latent_pass(token_inputs, thoughts, position_ids, attention_mask)  # [b, L, N+1, h]
+            thoughts = list(outputs[:, :, :-1].unbind(2))  # z^k <- H[slot before it]
+        return thoughts
+
     def _latent_logits(
         self, token_inputs: Tensor, position_ids: Tensor, attention_mask: Tensor, rounds: int
     ) -> Tensor:
         """Initial thoughts, ``rounds`` Jacobi rounds, final pass -> logits [b, L, V]."""
-        num_thoughts = self.config.num_latent_thoughts
-        length = token_inputs.size(1)
-
-        def pass_over(thoughts: list[Tensor]) -> Tensor:
-            """Pass over tokens + their k-1 thoughts ([b, L, h] each) -> outputs [b, L, k, h]."""
-            slots = len(thoughts) + 1
-            sequence = torch.stack([token_inputs, *thoughts], dim=2).flatten(1, 2)  # [b, kL, h]
-            hidden = self.transformer_pass(
-                sequence,
-                position_ids.repeat_interleave(slots, dim=1),
-                attention_mask.repeat_interleave(slots, dim=1),
-            )
-            return hidden.unflatten(1, (length, slots))
-
-        thoughts: list[Tensor] = []  # thoughts[k-1] = z^k, [b, L, h]
-        for _ in range(num_thoughts):
-            # thought k = output of the last slot of each group in a pass over the k slots so far
-            thoughts.append(pass_over(thoughts)[:, :, -1])
-        for _ in range(rounds):
-            outputs = pass_over(thoughts)
-            thoughts = [outputs[:, :, k] for k in range(num_thoughts)]  # z^k <- H[slot before it]
-        return self.output_logits(pass_over(thoughts)[:, :, -1])
+        thoughts = self._latent_thoughts(token_inputs, position_ids, attention_mask, rounds)
+        outputs = self._latent_pass(token_inputs, thoughts, position_ids, attention_mask)  # [b, L, N+1, h]
+        return self.output_logits(outputs[:, :, -1])
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -269,6 +284,8 @@ class PonderLMForCausalLM(PreTrainedModel):
         pad_token_id: int | None = None,
         use_cache: bool = True,
         stopping_criteria=None,
+        prefill: str | None = None,
+        num_jacobi_rounds: int | None = None,
         **kwargs,
     ) -> Tensor:
         """Greedy or sampled decoding; returns [b, prompt + new] token ids.
@@ -278,9 +295,20 @@ class PonderLMForCausalLM(PreTrainedModel):
 
         * ``use_cache=True``: ponder keeps one DynamicCache per pass (S+1); latent keeps one cache
           that grows by N+1 entries per token (token slot, then its N thoughts, one slot per step,
-          all at the token's position id): the sequential definition of the thoughts.
+          all at the token's position id): every new token's thoughts follow the sequential
+          definition given the cache. The prompt (latent) is filled by ``prefill``:
+
+          - ``"jacobi"`` (default, how the papers' models were evaluated): the N initial passes,
+            J Jacobi rounds and the final pass over the whole prompt in parallel (N+J+1 passes);
+            the cache holds the final pass's keys/values. The first token's logits are those of
+            the scoring forward at the prompt's last position with the same J.
+          - ``"sequential"``: the prompt slot by slot ((N+1)P single-slot steps), exact.
+
+          The two agree once J >= N*P. Ponder mode: the prompt runs through the S+1 passes in
+          parallel either way (every pass is causal, so that is exact).
         * ``use_cache=False``: every step re-runs the scoring forward over the whole sequence
-          (latent: with J = N*L Jacobi rounds, which equals the sequential definition).
+          (latent: with J = N*L Jacobi rounds, which equals the sequential definition): the
+          uncached reference of ``prefill="sequential"``.
 
         Args:
             input_ids: [b, P] prompts (left-padded if their lengths differ).
@@ -291,6 +319,9 @@ class PonderLMForCausalLM(PreTrainedModel):
                 Default: ``self.generation_config.eos_token_id`` (as HF's ``generate``); no early
                 stop when neither is set.
             stopping_criteria: callables ``(input_ids, scores) -> bool | BoolTensor[b]``.
+            prefill: ``"jacobi"`` or ``"sequential"`` (latent prompt filling, see above; default
+                ``"jacobi"`` with the cache, ``"sequential"`` without).
+            num_jacobi_rounds: J of the Jacobi prefill (default ``config.jacobi_eval_rounds``).
         """
         for name, value in kwargs.items():
             if name not in _IGNORED_GENERATE_KWARGS or value != _IGNORED_GENERATE_KWARGS[name]:
@@ -301,10 +332,12 @@ class PonderLMForCausalLM(PreTrainedModel):
             max_new_tokens = max_length - input_ids.size(1)
         if max_new_tokens < 1:
             return input_ids
+        # A model built from its config (not from_pretrained) has no generation_config attribute.
+        generation_config = getattr(self, "generation_config", None)
         if eos_token_id is None:
-            eos_token_id = getattr(self.generation_config, "eos_token_id", None)
+            eos_token_id = getattr(generation_config, "eos_token_id", None)
         if pad_token_id is None:
-            pad_token_id = getattr(self.generation_config, "pad_token_id", None)
+            pad_token_id = getattr(generation_config, "pad_token_id", None)
         eos = [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id))
         if eos and pad_token_id is None:
             pad_token_id = eos[0]
@@ -317,8 +350,9 @@ class PonderLMForCausalLM(PreTrainedModel):
             if top_p is not None and top_p < 1.0:
                 warpers.append(TopPLogitsWarper(top_p))
 
+        rounds = self._prefill_rounds(use_cache, prefill, num_jacobi_rounds)
         attention_mask, position_ids = self._mask_and_positions(input_ids, attention_mask, None)
-        decoder = _CachedDecoder(self, input_ids, attention_mask, position_ids) if use_cache else None
+        decoder = _CachedDecoder(self, input_ids, attention_mask, position_ids, rounds) if use_cache else None
         sequences, mask = input_ids, attention_mask
         finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
         logits = decoder.prefill_logits if decoder is not None else None
@@ -345,6 +379,24 @@ class PonderLMForCausalLM(PreTrainedModel):
                 break
         return sequences
 
+    def _prefill_rounds(self, use_cache: bool, prefill: str | None, num_jacobi_rounds: int | None) -> int | None:
+        """J of the Jacobi prefill, or None for the sequential prefill (bad combinations raise)."""
+        if prefill not in (None, "jacobi", "sequential"):
+            raise ValueError(f"generate(prefill={prefill!r}): use 'jacobi' or 'sequential'")
+        if not use_cache:
+            if prefill == "jacobi" or num_jacobi_rounds is not None:
+                raise ValueError("generate(use_cache=False) recomputes the exact sequential thoughts at every "
+                                 "step; the Jacobi prefill needs use_cache=True (or pass prefill='sequential')")
+            return None
+        if (prefill or "jacobi") == "sequential":
+            if num_jacobi_rounds is not None:
+                raise ValueError("generate(num_jacobi_rounds=...) applies to prefill='jacobi', not 'sequential'")
+            return None
+        rounds = self.config.jacobi_eval_rounds if num_jacobi_rounds is None else num_jacobi_rounds
+        if not isinstance(rounds, int) or rounds < 0:
+            raise ValueError(f"generate(num_jacobi_rounds={rounds!r}) must be an integer >= 0")
+        return rounds
+
     def _uncached_next_token_logits(self, sequences: Tensor, mask: Tensor) -> Tensor:
         """[b, L] -> [b, V] logits for the next token, recomputing the whole sequence."""
         rounds = self.config.num_latent_thoughts * sequences.size(1)  # J >= N*L: sequential
@@ -356,10 +408,11 @@ class _CachedDecoder:
 
     ponder: S+1 DynamicCaches, cache k holds pass k's keys/values of every position so far.
     latent: one DynamicCache over the slot sequence, N+1 entries per token.
+    ``jacobi_rounds``: J of the latent Jacobi prefill, or None for the sequential prefill.
     """
 
     def __init__(self, model: PonderLMForCausalLM, input_ids: Tensor, attention_mask: Tensor,
-                 position_ids: Tensor):
+                 position_ids: Tensor, jacobi_rounds: int | None = None):
         self.model = model
         config = model.config
         self.latent = config.ponder_mode == "latent"
@@ -367,6 +420,7 @@ class _CachedDecoder:
         self.caches = [model._new_cache() for _ in range(1 if self.latent else config.ponder_steps + 1)]
         self.slot_mask = attention_mask[:, :0]  # [b, slots so far]
         self.last_position = position_ids[:, -1:]  # [b, 1]
+        self.jacobi_rounds = jacobi_rounds
         self.prefill_logits = self._prefill(input_ids, attention_mask, position_ids)  # [b, V]
 
     def append(self, tokens: Tensor) -> Tensor:
@@ -379,12 +433,23 @@ class _CachedDecoder:
     def _prefill(self, input_ids, attention_mask, position_ids) -> Tensor:
         if not self.latent:
             return self._feed(input_ids, attention_mask, position_ids)[:, -1]
-        # Latent: a prompt token's thoughts depend on all earlier thoughts, so the prompt is fed
-        # slot by slot too (one pass of total length (N+1)P, as single-slot steps).
+        if self.jacobi_rounds is not None:
+            return self._jacobi_prefill(input_ids, attention_mask, position_ids)
+        # Sequential: a prompt token's thoughts depend on all earlier thoughts, so the prompt is
+        # fed slot by slot too (one pass of total length (N+1)P, as single-slot steps).
         for index in range(input_ids.size(1)):
             logits = self._feed(input_ids[:, index:index + 1], attention_mask[:, index:index + 1],
                                 position_ids[:, index:index + 1])
         return logits[:, -1]
+
+    def _jacobi_prefill(self, input_ids, attention_mask, position_ids) -> Tensor:
+        """The scoring forward's passes over the prompt; the final one fills the cache -> [b, V]."""
+        model = self.model
+        token_inputs = model.embed_tokens(input_ids, position_ids)  # [b, P, h]
+        thoughts = model._latent_thoughts(token_inputs, position_ids, attention_mask, self.jacobi_rounds)
+        self.slot_mask = attention_mask.repeat_interleave(self.slots_per_token, dim=1)  # [b, (N+1)P]
+        outputs = model._latent_pass(token_inputs, thoughts, position_ids, attention_mask, self.caches[0])
+        return model.output_logits(outputs[:, -1, -1])  # last thought slot of the last token
 
     def _feed(self, tokens: Tensor, token_mask: Tensor, positions: Tensor) -> Tensor:
         """Run tokens [b, t] (latent: t = 1) through the cached passes -> logits [b, t, V]."""
