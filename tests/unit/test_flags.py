@@ -67,6 +67,7 @@ FIELD_FLAGS = {
     "jacobi_eval_rounds": (["--jacobi-eval-rounds", "6"], 6),
     "jacobi_seed": (["--jacobi-seed", "9"], 9),
     "input_embedding_scale": (["--input-embedding-scale", "2.5"], 2.5),
+    "local_attention": (["--local-attention", "unfused"], "unfused"),
 }
 
 
