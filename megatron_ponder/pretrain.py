@@ -19,6 +19,9 @@ import torch
 import torch.distributed as dist
 
 
+_STARTED = time.monotonic()  # --exit-duration-in-mins counts from here, as Megatron's from its start
+
+
 def _print_rank0(*parts) -> None:
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(*parts, flush=True)
@@ -190,22 +193,33 @@ def train(args) -> dict:
     from megatron.core import parallel_state
 
     from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
+    from megatron_ponder.training.exit_signals import ExitConditions
     from megatron_ponder.training.flops import step_flops
+    from megatron_ponder.training.nan_guard import SkipLimit, check_parameters_finite
+    from megatron_ponder.training.run_identity import prepare_resume, verify_resume
+    from megatron_ponder.training.run_lock import acquire_run_lock
     from megatron_ponder.training.run_logger import RunLogger
     from megatron_ponder.training.step import train_step
 
+    acquire_run_lock(args.save)  # refuses a second run on this --save; released at exit
+    prepare_resume(args)  # --save/--load folder rules, --use-checkpoint-args
     train_set, valid_set = prepare_data(args)
+    verify_resume(args)  # the checkpoint's shape/method flags = these
     config = model_config(args)
     model, chunks, optimizer, scheduler = build_training_state(args, config)
 
     start_iteration, consumed = 0, 0
     if args.load:
         resumed = load_checkpoint(args.load, model, optimizer, scheduler,
-                                  load_optimizer=not args.no_load_optim,
-                                  distributed_optimizer=args.use_distributed_optimizer)
-        if resumed is not None:
+                                  load_optimizer=not (args.no_load_optim or args.finetune),
+                                  distributed_optimizer=args.use_distributed_optimizer, load_rng=not args.finetune)
+        if resumed is not None and args.finetune:
+            _print_rank0(f"--finetune: weights of {args.load} (iteration {resumed.iteration}), new run from iteration 0")
+        elif resumed is not None:
             start_iteration, consumed = resumed.iteration, resumed.consumed_samples
-            _print_rank0(f"resumed from {args.load} at iteration {start_iteration} ({consumed} samples consumed)")
+            _print_rank0(f"resumed from {args.load} at iteration {start_iteration} ({consumed} samples consumed)"
+                         + ("" if resumed.rng_restored else "; random generators not restored (saved with another "
+                            "layout or without them): dropout differs from an uninterrupted run"))
         else:
             _print_rank0(f"no checkpoint in {args.load} yet: starting from scratch")
 
@@ -224,8 +238,10 @@ def train(args) -> dict:
         logger.log_evaluation(iteration, loss)
 
     def save(iteration):
+        check_parameters_finite(model, iteration, last_saved)  # NaN weights never become the latest
         folder = save_checkpoint(args.save, iteration, model, optimizer, scheduler, stream.consumed_samples,
-                                 run_args, args.use_distributed_optimizer)
+                                 run_args, args.use_distributed_optimizer, save_optimizer=not args.no_save_optim,
+                                 keep_last=args.keep_last_checkpoints)
         summary["checkpoints"].append(folder)
         _print_rank0(f"saved checkpoint {folder}")
 
@@ -233,6 +249,8 @@ def train(args) -> dict:
         evaluate(0)
     last_saved = start_iteration
     done = start_iteration
+    skips = SkipLimit(args.nan_skip_limit)
+    exit_conditions = ExitConditions(args.exit_signal_handler, args.exit_duration_in_mins, _STARTED)
     for iteration in range(start_iteration, args.train_iters):
         started = time.perf_counter()
         result = train_step(chunks, optimizer, stream.next_step(), args.micro_batch_size, args.seq_length,
@@ -240,6 +258,7 @@ def train(args) -> dict:
         if not result.skipped:
             scheduler.step(increment=args.global_batch_size)
         done = iteration + 1
+        skips.record(done, result.skipped)
         flops = step_flops(config, args.seq_length, args.global_batch_size, args.vocab_size,
                            model.jacobi_rounds() if config.ponder_mode == "latent" else 0)
         summary["train_losses"].append((done, result.loss))
@@ -251,6 +270,15 @@ def train(args) -> dict:
             last_saved = done
         if exiting:
             _print_rank0(f"exiting at iteration {done} (--exit-interval {args.exit_interval})")
+            logger.close()
+            return summary
+        stop = exit_conditions.reason()  # SIGTERM/SIGINT or --exit-duration-in-mins, agreed by all ranks
+        if stop:
+            if args.save and last_saved != done:
+                save(done)
+            where = f"saved iteration {done} in {args.save}, resume with --load {args.save}" if args.save \
+                else "no --save: nothing saved"
+            _print_rank0(f"{stop}: stopping after iteration {done} ({where})")
             logger.close()
             return summary
         if args.eval_iters and args.eval_interval and done % args.eval_interval == 0 and done != args.train_iters:
@@ -272,6 +300,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_ponder.runtime.parallel_init import initialize_parallel, shutdown_parallel
     from megatron_ponder.training.arguments import ArgumentError, describe, parse_args, validate_args
     from megatron_ponder.training.checkpointing import CheckpointError
+    from megatron_ponder.training.run_lock import release_run_locks
     from megatron_ponder.training.step import NonFiniteLossError
 
     user_errors = (ArgumentError, DataError, PonderConfigError, ContextParallelLayoutError, CheckpointError,
@@ -291,14 +320,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         _print_rank0("\n".join(describe(args)))
         summary = train(args)
     except user_errors as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        # Every rank raises the same error (deterministic checks, or agreed: rank_agreement);
+        # one copy is enough.
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr,
+                  flush=True)
         return 2
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("error: interrupted (SIGINT): nothing saved since the last checkpoint; pass --exit-signal-handler "
+                  "to finish the step and save on SIGINT/SIGTERM", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        release_run_locks()
     if args.save:
         _print_rank0(f"checkpoints: {args.save} (to Hugging Face: python tools/convert_checkpoint.py export "
                      f"--load {args.save} --out HF_DIR)")
     if args.tensorboard_dir and importlib.util.find_spec("tensorboard") is not None:
         _print_rank0(f"tensorboard: {args.tensorboard_dir}")
-    if summary["valid_losses"]:
+    if len(summary["valid_losses"]) == 1:  # a resumed run evaluates only at its end
+        (iteration, loss), = summary["valid_losses"]
+        _print_rank0(f"validation loss at iteration {iteration}: {loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})")
+    elif summary["valid_losses"]:
         first, last = summary["valid_losses"][0][1], summary["valid_losses"][-1][1]
         _print_rank0(f"validation loss: {first:.4f} -> {last:.4f} (ppl {math.exp(min(first, 50)):.1f} -> "
                      f"{math.exp(min(last, 50)):.1f})")

@@ -27,6 +27,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron_ponder.model.wrappers import unwrap_model
 from megatron_ponder.parallel.context_parallel import split_batch_for_context_parallel
 from megatron_ponder.parallel.looped_pipeline import looped_forward_backward
+from megatron_ponder.training.nan_guard import gradients_are_finite
 
 
 def masked_token_loss(loss_mask: Tensor, per_token_loss: Tensor) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
@@ -140,7 +141,7 @@ def train_step(
 ) -> StepResult:
     """Forward and backward over the step's microbatches, then one optimizer step.
 
-    A non-finite loss (the same value on every rank) raises :class:`NonFiniteLossError` with
+    A non-finite loss or gradient (the same verdict on every rank) raises :class:`NonFiniteLossError` with
     ``nan_policy="stop"``; with ``"skip"`` the update is dropped and the step reported skipped.
     """
     _set_iteration(model_chunks, iteration)
@@ -149,10 +150,13 @@ def train_step(
     optimizer.zero_grad()
     reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, forward_only=False)
     loss, tokens = _global_mean_loss(reports)
-    if not math.isfinite(loss):
-        if nan_policy == "stop":
+    problem = f"loss is {loss}" if not math.isfinite(loss) else None
+    if problem is None and not gradients_are_finite(model_chunks):
+        problem = f"loss is {loss} but the gradients are not finite"
+    if problem is not None:
+        if nan_policy == "stop":  # iteration + 1: the number the log gives this step
             raise NonFiniteLossError(
-                f"loss is {loss} at iteration {iteration}: lower --lr, check the data, or pass "
+                f"{problem} at iteration {iteration + 1}: lower --lr, check the data, or pass "
                 "--nan-policy skip to drop such steps"
             )
         return StepResult(loss=loss, tokens=tokens, skipped=True)

@@ -23,7 +23,8 @@ def _poisoned_training_state():
 
 def test_stop_policy_raises_with_the_iteration(megatron_world_of_one):
     _, chunks, optimizer, batches = _poisoned_training_state()
-    with pytest.raises(NonFiniteLossError, match="iteration 7"):
+    # iteration 7 (0-based, as the loop passes it) is logged as iteration 8: the message uses the log's number
+    with pytest.raises(NonFiniteLossError, match="iteration 8"):
         train_step(chunks, optimizer, batches, 2, 8, iteration=7, nan_policy="stop")
 
 
