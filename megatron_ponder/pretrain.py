@@ -30,6 +30,7 @@ def _print_rank0(*parts) -> None:
 # ---------------------------------------------------------------------------- set-up
 def prepare_data(args):
     """(train, valid) datasets for the chosen data source; sets the model vocabulary size."""
+    from megatron_ponder.data.checks import check_data_fits_run
     from megatron_ponder.data.datasets import build_gpt_datasets, check_vocab_fits
     from megatron_ponder.data.tokenizer import build_tokenizer
 
@@ -48,6 +49,9 @@ def prepare_data(args):
         args.vocab_size = int(math.ceil(tokenizer.vocab_size / multiple) * multiple)
     check_vocab_fits(tokenizer.vocab_size, args.vocab_size)
     args.tokenizer_vocab_size = tokenizer.vocab_size
+    if not args.mock_data:  # sizes exact, token ids < vocabulary, at least one sample
+        check_data_fits_run([data_path] + ([valid_path] if valid_path else []), args.seq_length,
+                            tokenizer.vocab_size, args.vocab_size)
 
     samples_per_eval = args.eval_iters * args.global_batch_size
     evaluations = args.train_iters // max(args.eval_interval, 1) + 1
