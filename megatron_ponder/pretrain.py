@@ -30,7 +30,7 @@ def _print_rank0(*parts) -> None:
 # ---------------------------------------------------------------------------- set-up
 def prepare_data(args):
     """(train, valid) datasets for the chosen data source; sets the model vocabulary size."""
-    from megatron_ponder.data.checks import check_data_fits_run
+    from megatron_ponder.data.checks import check_data_fits_run, check_validation_set
     from megatron_ponder.data.datasets import build_gpt_datasets, check_vocab_fits
     from megatron_ponder.data.tokenizer import build_tokenizer
 
@@ -66,6 +66,7 @@ def prepare_data(args):
         valid_data_path=valid_path,
         cache_dir=args.data_cache_path,
     )
+    check_validation_set(valid, args.eval_iters, args.split, args.valid_data_path)
     return train, valid
 
 

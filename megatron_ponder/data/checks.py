@@ -76,3 +76,11 @@ def check_data_fits_run(data_paths, seq_length: int, tokenizer_vocab_size: int, 
             check_long_enough(prefix, info.tokens, seq_length)
             dtype = _IndexReader(os.fspath(prefix) + ".idx", multimodal=False).dtype
             check_token_ids(prefix, dtype, tokenizer_vocab_size, model_vocab_size)
+
+
+def check_validation_set(valid, eval_iters: int, split: str, valid_data_path) -> None:
+    """Evaluation needs validation samples: name the split that gave it none."""
+    if eval_iters > 0 and (valid is None or len(valid) == 0):
+        source = f"--valid-data-path {' '.join(valid_data_path)}" if valid_data_path else f"--split {split}"
+        raise DataError(f"{source} leaves the validation set empty, but --eval-iters is {eval_iters}: give "
+                        "validation a share (e.g. --split 969,30,1), pass --valid-data-path, or --eval-iters 0")

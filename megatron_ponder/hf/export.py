@@ -93,12 +93,12 @@ def load_single_process_model(load_dir: str, iteration: Optional[int] = None) ->
     # torch_dist checkpoints are interchangeable between it and the TE spec (Megatron's local
     # spec maps its norm keys onto TE's fused-norm names).
     args.transformer_impl, args.fp8_format = "local", None
+    from megatron_ponder.training.checkpoint_errors import CHECKPOINT_FAILURES, read_failure
+
     model = build_model(args, model_config(args))
     try:
         loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, folder)
-    except Exception as error:  # a damaged shard or metadata: name the file
-        from megatron_ponder.training.checkpoint_errors import read_failure
-
+    except CHECKPOINT_FAILURES as error:  # a damaged shard or metadata: name the file
         raise ExportError(read_failure(folder, error)) from None
     model.load_state_dict(loaded["model"])
     return model.eval(), args

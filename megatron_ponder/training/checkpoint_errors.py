@@ -19,6 +19,11 @@ import shutil
 from typing import Optional
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
+
+# What dist_checkpointing raises for a damaged or unwritable checkpoint; torch's
+# CheckpointException (the per-rank failures of a collective load/save) is a BaseException.
+CHECKPOINT_FAILURES = (Exception, CheckpointException)
 
 
 def _first_line(error: BaseException) -> str:

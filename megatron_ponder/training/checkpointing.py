@@ -33,6 +33,8 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 
+from megatron_ponder.training.checkpoint_errors import CHECKPOINT_FAILURES, read_failure, write_failure
+
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 
 
@@ -168,13 +170,12 @@ def _fresh_folder(root: str, iteration: int) -> str:
 
 def _save_or_explain(state: Dict[str, Any], folder: str) -> None:
     """dist_checkpointing.save on all ranks; a failure is one CheckpointError line on every rank."""
-    from megatron_ponder.training.checkpoint_errors import write_failure
     from megatron_ponder.training.rank_agreement import agree_any_error
 
     message = None
     try:
         dist_checkpointing.save(state, folder)
-    except Exception as error:  # full disk, permissions: the pointer is not moved
+    except CHECKPOINT_FAILURES as error:  # full disk, permissions: the pointer is not moved
         message = write_failure(folder, error)
     message = agree_any_error(message)
     if message:
@@ -196,11 +197,9 @@ def delete_old_checkpoints(root: str, keep_last: int) -> None:
 
 def read_common_state(folder: str) -> Dict[str, Any]:
     """The checkpoint's non-tensor state (iteration, args, ...); CheckpointError naming a damaged file."""
-    from megatron_ponder.training.checkpoint_errors import read_failure
-
     try:
         return dist_checkpointing.load_common_state_dict(folder)
-    except Exception as error:
+    except CHECKPOINT_FAILURES as error:
         raise CheckpointError(read_failure(folder, error)) from None
 
 
@@ -261,7 +260,6 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
     Returns None when there is none yet (a fresh run that will save there). The generators are
     restored too (``load_rng``) when the checkpoint has them for this layout.
     """
-    from megatron_ponder.training.checkpoint_errors import read_failure
     from megatron_ponder.training.rng_state import restore_rng, rng_request
 
     iteration = latest_iteration(root)
@@ -282,7 +280,7 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
     try:
         stored_keys = set(load_sharded_metadata(folder))
         model_state, absent_extra_state = without_absent_extra_state(model.sharded_state_dict(), folder)
-    except Exception as error:  # unreadable .metadata
+    except CHECKPOINT_FAILURES as error:  # unreadable .metadata
         raise CheckpointError(read_failure(folder, error)) from None
     request = {"model": model_state}
     if load_optimizer:
@@ -292,7 +290,7 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
         request["rng_state"] = rng
     try:
         loaded = dist_checkpointing.load(request, folder)
-    except Exception as error:  # dist_checkpointing raises many types; say which file and why
+    except CHECKPOINT_FAILURES as error:  # dist_checkpointing raises many types; say which file and why
         raise CheckpointError(read_failure(folder, error)) from None
     missing, unexpected = model.load_state_dict(loaded["model"], strict=False)
     if set(missing) - absent_extra_state or unexpected:

@@ -51,7 +51,8 @@ def rng_request(stored_args: dict, stored_keys) -> Optional[ShardedObject]:
     sizes, _ = _layout()
     saved_sizes = (stored_args.get("pipeline_model_parallel_size"), stored_args.get("tensor_model_parallel_size"),
                    stored_args.get("context_parallel_size"))
-    if KEY not in stored_keys or saved_sizes != sizes:
+    stored = any(key == KEY or key.startswith(KEY + "/") for key in stored_keys)  # objects: KEY/shard_...
+    if not stored or saved_sizes != sizes:
         return None
     return rng_sharded_object()
 
