@@ -256,4 +256,4 @@ def test_full_disk_names_the_cause_and_keeps_the_previous_checkpoint(capfd, run_
         after = snapshot(run)
         assert {k: v for k, v in after.items() if not k.startswith("iter_0000003")} == before
     finally:
-        subprocess.run(["umount", str(disk)], check=True)
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
