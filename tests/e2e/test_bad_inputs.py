@@ -88,6 +88,7 @@ NUMERIC = [
     (["--keep-last-checkpoints", "0"], "--keep-last-checkpoints"),
     (["--lr", "1e-3", "--min-lr", "1e-2"], "--min-lr 0.01 is above --lr 0.001"),
     (["--ckpt-format", "torch"], "--ckpt-format: invalid choice"),
+    (["--async-save"], "--async-save is not supported"),
 ]
 
 
