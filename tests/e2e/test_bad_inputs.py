@@ -258,3 +258,16 @@ def test_full_disk_names_the_cause_and_keeps_the_previous_checkpoint(capfd, run_
         assert {k: v for k, v in after.items() if not k.startswith("iter_0000003")} == before
     finally:
         subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["--gpus", "0"], "--gpus must be >= 1, got 0"),
+    (["--preset", "pythia-2.8b", "--gpus", "1", "--gpu-memory-gib", "1", "--search"], "no layout fits on --gpus 1"),
+], ids=["no gpus", "search finds nothing"])
+def test_plan_run_refuses(argv, fragment):
+    spec = importlib.util.spec_from_file_location("plan_run", REPO / "tools" / "plan_run.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    with pytest.raises(SystemExit) as stop:  # exit status 1 with this one line on stderr
+        tool.main(argv)
+    assert str(stop.value.code).startswith("error: ") and fragment in str(stop.value.code)
