@@ -164,6 +164,8 @@ def build_training_state(args, config):
         end_wd=args.weight_decay,
         wd_incr_steps=args.train_iters * args.global_batch_size,
         wd_incr_style="constant",
+        override_opt_param_scheduler=args.override_opt_param_scheduler,
+        use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
     )
     return model, chunks, optimizer, scheduler
 

@@ -271,3 +271,13 @@ def test_plan_run_refuses(argv, fragment):
     with pytest.raises(SystemExit) as stop:  # exit status 1 with this one line on stderr
         tool.main(argv)
     assert str(stop.value.code).startswith("error: ") and fragment in str(stop.value.code)
+
+
+def test_extending_train_iters_needs_a_scheduler_choice(capfd, run_copy):
+    """The checkpoint's LR schedule decays over 2 iterations: resuming to 3 says which flag picks."""
+    argv = ["--mock-data", "--train-iters", "3", *TINY, "--save", run_copy, "--load", run_copy]
+    before = snapshot(run_copy)
+    assert_one_error_line(capfd, _pretrain(argv), "LR/WD schedule", "--override-opt_param-scheduler")
+    assert snapshot(run_copy) == before
+    assert _pretrain(argv + ["--override-opt_param-scheduler"]) == 0
+    assert (run_copy / "latest_checkpointed_iteration.txt").read_text() == "3"
