@@ -252,7 +252,8 @@ def test_full_disk_names_the_cause_and_keeps_the_previous_checkpoint(capfd, run_
         run = disk / "run"
         shutil.copytree(run_dir, run)
         before = snapshot(run)
-        code = _pretrain(["--mock-data", "--train-iters", "3", *TINY, "--save", run, "--load", run])
+        code = _pretrain(["--mock-data", "--train-iters", "3", *TINY, "--save", run, "--load", run,
+                          "--override-opt_param-scheduler"])
         assert_one_error_line(capfd, code, "cannot write checkpoint", "iter_0000003", "No space left on device")
         after = snapshot(run)
         assert {k: v for k, v in after.items() if not k.startswith("iter_0000003")} == before
