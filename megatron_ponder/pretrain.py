@@ -21,6 +21,8 @@ import torch
 
 from megatron_ponder.runtime.parallel_init import print_rank0
 
+_STARTED = time.monotonic()  # --exit-duration-in-mins counts from here, as Megatron's from its start
+
 
 def _evaluate(args, chunks, valid_stream) -> float:
     from megatron_ponder.training.step import evaluation_step
@@ -39,24 +41,35 @@ def train(args) -> dict:
 
     from megatron_ponder.training.build import build_training_state, microbatch_stream, prepare_data
     from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
+    from megatron_ponder.training.exit_signals import ExitConditions
     from megatron_ponder.training.flops import step_flops
-    from megatron_ponder.training.model_config import model_config
     from megatron_ponder.training.grad_overlap import gather_parameters_now
+    from megatron_ponder.training.model_config import model_config
+    from megatron_ponder.training.nan_guard import SkipLimit, check_parameters_finite
+    from megatron_ponder.training.run_identity import prepare_resume, verify_resume
+    from megatron_ponder.training.run_lock import acquire_run_lock
     from megatron_ponder.training.run_logger import RunLogger
     from megatron_ponder.training.step import train_step
 
+    acquire_run_lock(args.save)  # refuses a second run on this --save; released at exit
+    prepare_resume(args)  # --save/--load folder rules, --use-checkpoint-args
     train_set, valid_set = prepare_data(args)
+    verify_resume(args)  # the checkpoint's shape/method flags = these
     config = model_config(args)
     model, chunks, optimizer, scheduler = build_training_state(args, config)
 
     start_iteration, consumed = 0, 0
     if args.load:
         resumed = load_checkpoint(args.load, model, optimizer, scheduler,
-                                  load_optimizer=not args.no_load_optim,
-                                  distributed_optimizer=args.use_distributed_optimizer)
-        if resumed is not None:
+                                  load_optimizer=not (args.no_load_optim or args.finetune),
+                                  distributed_optimizer=args.use_distributed_optimizer, load_rng=not args.finetune)
+        if resumed is not None and args.finetune:
+            print_rank0(f"--finetune: weights of {args.load} (iteration {resumed.iteration}), new run from iteration 0")
+        elif resumed is not None:
             start_iteration, consumed = resumed.iteration, resumed.consumed_samples
-            print_rank0(f"resumed from {args.load} at iteration {start_iteration} ({consumed} samples consumed)")
+            print_rank0(f"resumed from {args.load} at iteration {start_iteration} ({consumed} samples consumed)"
+                        + ("" if resumed.rng_restored else "; random generators not restored (saved with another "
+                           "layout or without them): dropout differs from an uninterrupted run"))
         else:
             print_rank0(f"no checkpoint in {args.load} yet: starting from scratch")
 
@@ -76,8 +89,10 @@ def train(args) -> dict:
 
     def save(iteration):
         gather_parameters_now(chunks)  # --overlap-param-gather leaves the last all-gather to the next forward
+        check_parameters_finite(model, iteration, last_saved)  # NaN weights never become the latest
         folder = save_checkpoint(args.save, iteration, model, optimizer, scheduler, stream.consumed_samples,
-                                 run_args, args.use_distributed_optimizer)
+                                 run_args, args.use_distributed_optimizer, save_optimizer=not args.no_save_optim,
+                                 keep_last=args.keep_last_checkpoints)
         summary["checkpoints"].append(folder)
         print_rank0(f"saved checkpoint {folder}")
 
@@ -85,6 +100,8 @@ def train(args) -> dict:
         evaluate(0)
     last_saved = start_iteration
     done = start_iteration
+    skips = SkipLimit(args.nan_skip_limit)
+    exit_conditions = ExitConditions(args.exit_signal_handler, args.exit_duration_in_mins, _STARTED)
     for iteration in range(start_iteration, args.train_iters):
         started = time.perf_counter()
         result = train_step(chunks, optimizer, stream.next_step(), args.micro_batch_size, args.seq_length,
@@ -92,6 +109,7 @@ def train(args) -> dict:
         if not result.skipped:
             scheduler.step(increment=args.global_batch_size)
         done = iteration + 1
+        skips.record(done, result.skipped)
         flops = step_flops(config, args.seq_length, args.global_batch_size, args.vocab_size, result.jacobi_rounds)
         summary["train_losses"].append((done, result.loss))
         logger.log_step(done, result, optimizer.param_groups[0]["lr"], time.perf_counter() - started,
@@ -102,6 +120,15 @@ def train(args) -> dict:
             last_saved = done
         if exiting:
             print_rank0(f"exiting at iteration {done} (--exit-interval {args.exit_interval})")
+            logger.close()
+            return summary
+        stop = exit_conditions.reason()  # SIGTERM/SIGINT or --exit-duration-in-mins, agreed by all ranks
+        if stop:
+            if args.save and last_saved != done:
+                save(done)
+            where = f"saved iteration {done} in {args.save}, resume with --load {args.save}" if args.save \
+                else "no --save: nothing saved"
+            print_rank0(f"{stop}: stopping after iteration {done} ({where})")
             logger.close()
             return summary
         if args.eval_iters and args.eval_interval and done % args.eval_interval == 0 and done != args.train_iters:
@@ -123,6 +150,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_ponder.runtime.parallel_init import initialize_parallel, shutdown_parallel
     from megatron_ponder.training.arguments import ArgumentError, describe, finalize_args, parse_args
     from megatron_ponder.training.checkpointing import CheckpointError
+    from megatron_ponder.training.run_lock import release_run_locks
     from megatron_ponder.training.step import NonFiniteLossError
 
     user_errors = (ArgumentError, DataError, PonderConfigError, ContextParallelLayoutError, CheckpointError,
@@ -142,14 +170,28 @@ def main(argv: Optional[List[str]] = None) -> int:
         print_rank0("\n".join(describe(args)))
         summary = train(args)
     except user_errors as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        # Every rank raises the same error (deterministic checks, or agreed: rank_agreement);
+        # one copy is enough.
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr,
+                  flush=True)
         return 2
+    except KeyboardInterrupt:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("error: interrupted (SIGINT): nothing saved since the last checkpoint; pass --exit-signal-handler "
+                  "to finish the step and save on SIGINT/SIGTERM", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        release_run_locks()
     if args.save:
         print_rank0(f"checkpoints: {args.save} (to Hugging Face: python tools/convert_checkpoint.py export "
                     f"--load {args.save} --out HF_DIR)")
     if args.tensorboard_dir and importlib.util.find_spec("tensorboard") is not None:
         print_rank0(f"tensorboard: {args.tensorboard_dir}")
-    if summary["valid_losses"]:
+    if len(summary["valid_losses"]) == 1:  # a resumed run evaluates only at its end
+        (iteration, loss), = summary["valid_losses"]
+        print_rank0(f"validation loss at iteration {iteration}: {loss:.4f} (ppl {math.exp(min(loss, 50)):.1f})")
+    elif summary["valid_losses"]:
         first, last = summary["valid_losses"][0][1], summary["valid_losses"][-1][1]
         print_rank0(f"validation loss: {first:.4f} -> {last:.4f} (ppl {math.exp(min(first, 50)):.1f} -> "
                     f"{math.exp(min(last, 50)):.1f})")

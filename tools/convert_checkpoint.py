@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="Megatron checkpoint -> Hugging Face folder")
     export.add_argument("--load", required=True, help="a --save folder (latest iteration) or one iter_* folder")
     export.add_argument("--iteration", type=int, default=None, help="iteration to export (default: latest)")
-    export.add_argument("--out", required=True, help="Hugging Face folder to write")
+    export.add_argument("--out", required=True, help="Hugging Face folder to write (new or empty)")
+    export.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
     imp = commands.add_parser("import", help="Hugging Face folder or GGUF -> Megatron checkpoint")
     imp.add_argument("--hf", required=True, help="Hugging Face model folder (or the folder of --gguf-file)")
     imp.add_argument("--gguf-file", default=None, help="GGUF file name inside --hf (dequantised by transformers)")
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # Local folders only: a missing path must fail at once, not after the Hub client's retries.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from megatron_ponder.hf.configs import ConversionError
     from megatron_ponder.hf.export import ExportError
     from megatron_ponder.hf.weight_mapping import WeightMappingError
@@ -67,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command == "export":
             from megatron_ponder.hf.export import export_checkpoint
 
-            out = export_checkpoint(args.load, args.out, args.iteration)
+            out = export_checkpoint(args.load, args.out, args.iteration, args.overwrite)
             print(f"wrote {out}")
         else:
             from megatron_ponder.hf.import_hf import import_checkpoint

@@ -90,6 +90,9 @@ def main(argv=None) -> int:
     if args.table:
         print(planning_table(args.seq_length, args.global_batch_size, args.precision, args.mfu))
         return 0
+    for flag in ("gpus", "gpus_per_node", "tp", "pp", "cp", "micro_batch_size", "global_batch_size", "seq_length"):
+        if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < 1:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     try:
         run = RunSpec(
             _model(args),
@@ -104,7 +107,11 @@ def main(argv=None) -> int:
         )
         utilisation = args.mfu or DEFAULT_UTILISATION[args.precision]
         if args.search:
-            print(describe_search(search_layouts(run, cluster, utilisation, args.top)))
+            plans = search_layouts(run, cluster, utilisation, args.top)
+            print(describe_search(plans))
+            if not plans:  # a script must not read "nothing fits" as success
+                raise SystemExit(f"error: no layout fits on --gpus {args.gpus} x {args.gpu_memory_gib} GiB: add GPUs, "
+                                 "shorten --seq-length or lower --global-batch-size")
             return 0
         model_parallel = args.tp * args.pp * args.cp
         per_step = args.micro_batch_size * (args.gpus // max(model_parallel, 1))

@@ -18,7 +18,7 @@ GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-256}
 LR=2e-4
 WARMUP_PERCENT=2
 RECIPE_FLAGS=(
-    --ponder-mode latent --num-latent-thoughts 1 --jacobi-iters 2,3 --jacobi-eval-iters 3
+    --ponder-mode latent --num-latent-thoughts 1 --jacobi-train-rounds 2,3 --jacobi-eval-rounds 3
     --init-style ponderlm --untie-embeddings-and-output-weights
     --weight-decay 0.1
 )

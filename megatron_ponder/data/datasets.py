@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from megatron_ponder.data.checks import check_bin_size
 from megatron_ponder.data.errors import DataError
 
 # (prefixes, weights or None): the type of GPTDatasetConfig.blend.
@@ -76,7 +77,7 @@ def check_indexed_dataset(prefix: str) -> IndexedDatasetInfo:
     """Check ``prefix.bin``/``prefix.idx`` are present, readable and complete.
 
     Raises DataError when a file is missing, the index is unreadable, the dataset is empty or
-    the .bin is shorter than the index says.
+    the .bin size is not the one the index says (truncated, or another token width).
     """
     # The private index reader, not IndexedDataset: only the .idx is needed, and a failing
     # IndexedDataset constructor leaves an object whose __del__ raises again.
@@ -113,12 +114,7 @@ def check_indexed_dataset(prefix: str) -> IndexedDatasetInfo:
     if len(lengths) == 0:
         raise DataError(f"dataset {prefix} has no documents: rebuild it from non-empty input")
     expected = int(pointers[-1]) + int(lengths[-1]) * itemsize
-    actual = os.path.getsize(bin_path)
-    if actual < expected:
-        raise DataError(
-            f"{bin_path} is truncated ({actual} bytes, the index needs {expected}): "
-            "rebuild it with tools/preprocess_data.py"
-        )
+    check_bin_size(bin_path, os.path.getsize(bin_path), expected, int(lengths.sum(dtype="int64")), index.dtype)
     return IndexedDatasetInfo(documents, len(lengths), int(lengths.sum(dtype="int64")))
 
 

@@ -26,6 +26,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple, 
 import numpy as np
 
 from megatron_ponder.data.errors import DataError
+from megatron_ponder.data.long_documents import LONG_DOCUMENT_CHARS, tokenize_long
 
 INPUT_FORMATS = ("jsonl", "text")
 
@@ -146,13 +147,19 @@ class ChunkTokenizer:
         return value
 
     def __call__(self, chunk: List[Record]) -> List[Tuple[np.ndarray, int]]:
-        """[(token ids int64 [n_i], input bytes)] per record; empty text gives n_i = 0."""
+        """[(token ids [n_i] int64, int32 for long documents, input bytes)] per record; empty text
+        gives n_i = 0."""
         texts = [self.text_of(record) for record in chunk]
+        short = [text for text in texts if len(text) <= LONG_DOCUMENT_CHARS]
+        encoded = iter(self.tokenizer.tokenize_batch(short))
         out = []
-        for ids, record in zip(self.tokenizer.tokenize_batch(texts), chunk, strict=True):
-            if ids and self.append_eod:
-                ids = ids + [self.tokenizer.eod]
-            out.append((np.asarray(ids, dtype=np.int64), len(record[2])))
+        for text, record in zip(texts, chunk, strict=True):
+            # Long documents piece by piece, in bounded memory (data/long_documents.py).
+            ids = np.asarray(next(encoded), dtype=np.int64) if len(text) <= LONG_DOCUMENT_CHARS \
+                else tokenize_long(self.tokenizer, text)
+            if ids.size and self.append_eod:
+                ids = np.append(ids, np.asarray(self.tokenizer.eod, dtype=ids.dtype))
+            out.append((ids, len(record[2])))
         return out
 
 

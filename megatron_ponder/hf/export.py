@@ -36,11 +36,13 @@ class ExportError(RuntimeError):
 def checkpoint_args(folder: str) -> argparse.Namespace:
     """The entry point's arguments saved in ``folder`` (an ``iter_*`` directory), on top of the
     current defaults (so checkpoints from before a flag existed still describe their model)."""
-    from megatron.core import dist_checkpointing
-
     from megatron_ponder.training.arguments import parse_args, upgrade_saved_args
+    from megatron_ponder.training.checkpointing import CheckpointError, read_common_state
 
-    common = dist_checkpointing.load_common_state_dict(folder)
+    try:
+        common = read_common_state(folder)
+    except CheckpointError as error:
+        raise ExportError(str(error)) from None
     if "args" not in common:
         raise ExportError(f"{folder} stores no run arguments: it was not written by megatron_ponder")
     args = parse_args(["--mock-data"])
@@ -89,8 +91,13 @@ def load_single_process_model(load_dir: str, iteration: Optional[int] = None) ->
     # torch_dist checkpoints are interchangeable between it and the TE spec (Megatron's local
     # spec maps its norm keys onto TE's fused-norm names).
     args.transformer_impl, args.fp8 = "local", None
+    from megatron_ponder.training.checkpoint_errors import CHECKPOINT_FAILURES, read_failure
+
     model = build_model(args, model_config(args))
-    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, folder)
+    try:
+        loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, folder)
+    except CHECKPOINT_FAILURES as error:  # a damaged shard or metadata: name the file
+        raise ExportError(read_failure(folder, error)) from None
     model.load_state_dict(loaded["model"])
     return model.eval(), args
 
@@ -161,16 +168,27 @@ def run_tokenizer(args):
     return tokenizer
 
 
-def export_checkpoint(load_dir: str, out_dir: str, iteration: Optional[int] = None) -> Path:
-    """Write the HF folder of the checkpoint in ``load_dir`` to ``out_dir``; returns the folder."""
+def export_checkpoint(load_dir: str, out_dir: str, iteration: Optional[int] = None, overwrite: bool = False) -> Path:
+    """Write the HF folder of the checkpoint in ``load_dir`` to ``out_dir``; returns the folder.
+
+    A non-empty ``out_dir`` is refused unless ``overwrite`` (then it is emptied first, so no
+    file of an earlier export or another model stays next to the new config).
+    """
+    import shutil
+
     import torch.distributed as dist
 
     from megatron_ponder.runtime.parallel_init import initialize_parallel
 
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ExportError(f"--out {out_dir} is not an empty folder: choose a new one, or pass --overwrite to "
+                          "replace its contents")
     if not dist.is_initialized():
         initialize_parallel()
     model, args = load_single_process_model(load_dir, iteration)
-    out = Path(out_dir)
+    if out.exists() and overwrite:
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
     out.mkdir(parents=True, exist_ok=True)
     hf_model = _stock_model(args, model.state_dict())
     tokenizer = run_tokenizer(args)

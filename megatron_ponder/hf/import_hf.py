@@ -69,7 +69,9 @@ def import_hf_model(
     from megatron_ponder.training.build import build_model
     from megatron_ponder.training.checkpointing import save_weights_checkpoint
     from megatron_ponder.training.model_config import model_config
+    from megatron_ponder.training.run_identity import check_import_target
 
+    check_import_target(save_dir)
     if not dist.is_initialized():
         initialize_parallel()
     flags = megatron_flags_from_hf_config(hf_model.config, tensor_model_parallel_size, make_vocab_size_divisible_by)
@@ -124,7 +126,13 @@ def import_checkpoint(
 ) -> List[str]:
     """HF folder (or ``source/gguf_file``) -> Megatron checkpoint in ``save_dir``, tokenizer in
     ``save_dir/tokenizer`` when the source has one. Returns the model flags (see above)."""
+    from megatron_ponder.training.run_identity import check_import_target
+
     transformers = require("transformers")
+    if not os.path.isdir(source):
+        raise ConversionError(f"--hf {source} is not a folder: pass a local Hugging Face model folder (download one "
+                              "with huggingface-cli download ORG/NAME --local-dir DIR)")
+    check_import_target(save_dir)  # never moves an existing run back to iteration 0
     hf_model = load_hf_model(source, gguf_file)
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:

@@ -19,6 +19,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 import torch
 
 from megatron_ponder.sequence_layout import check_sequence_layout
+from megatron_ponder.training.numeric_flags import check_numeric_flags
 from megatron_ponder.training.presets import PRESETS
 
 
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain a GPT that ponders (PonderLM) or thinks in latent thoughts (PonderLM-2) on Megatron-Core.",
     )
     for add_flags in (_model_flags, _method_flags, _parallel_flags, _schedule_flags, _precision_flags,
-                      _data_flags, _io_flags):
+                      _data_flags, _io_flags, add_robustness_args):
         add_flags(parser)
     return parser
 
@@ -304,6 +305,7 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
     def fail(message: str):
         raise ArgumentError(message)
 
+    check_numeric_flags(args, ArgumentError)  # before any size is derived from them
     sizes = derive_run_sizes(args, world_size)
     tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
     dp, microbatches = sizes.data_parallel_size, sizes.num_microbatches
@@ -414,3 +416,40 @@ def _check_writable(path: str) -> None:
 def describe(args: argparse.Namespace) -> List[str]:
     """The run's settings as 'name: value' lines, for the log header."""
     return [f"  {key}: {value}" for key, value in sorted(vars(args).items())]
+
+
+def add_robustness_args(parser: argparse.ArgumentParser) -> None:
+    """Megatron-LM's resume, checkpoint, exit and logging flags (docs/training.md, "Runs that
+    stop and resume")."""
+    resume = parser.add_argument_group("resume, preemption and checkpoint policy")
+    resume.add_argument("--finetune", action="store_true",
+                        help="start a new run (iteration 0, fresh optimizer) from --load's weights; "
+                             "method flags may differ from the checkpoint's")
+    resume.add_argument("--use-checkpoint-args", action="store_true",
+                        help="take the model shape and method flags from the --load checkpoint")
+    resume.add_argument("--override-opt_param-scheduler", "--override-opt-param-scheduler",
+                        dest="override_opt_param_scheduler", action="store_true",
+                        help="on resume, use this command line's LR/WD schedule, not the checkpoint's")
+    resume.add_argument("--use-checkpoint-opt_param-scheduler", "--use-checkpoint-opt-param-scheduler",
+                        dest="use_checkpoint_opt_param_scheduler", action="store_true",
+                        help="on resume, keep the checkpoint's LR/WD schedule whatever the flags say")
+    resume.add_argument("--no-save-optim", action="store_true",
+                        help="save weights, iteration and data position only (resume with --no-load-optim)")
+    resume.add_argument("--ckpt-format", choices=["torch_dist"], default="torch_dist",
+                        help="checkpoint format (only Megatron's torch_dist; it reshards on load)")
+    resume.add_argument("--async-save", action="store_true",
+                        help="write checkpoints in the background (dist_checkpointing async, torch_dist)")
+    resume.add_argument("--keep-last-checkpoints", type=int, default=None, metavar="N",
+                        help="after each save, delete all but the newest N iter_* folders")
+    resume.add_argument("--exit-signal-handler", action="store_true",
+                        help="on SIGTERM/SIGINT: finish the step, save (with --save), exit 0")
+    resume.add_argument("--exit-duration-in-mins", type=float, default=None,
+                        help="finish the step, save (with --save) and exit 0 after this many minutes")
+    resume.add_argument("--nan-skip-limit", type=int, default=10, metavar="N",
+                        help="--nan-policy skip: stop after N consecutive skipped steps")
+    logging = parser.add_argument_group("throughput and wandb logging")
+    logging.add_argument("--log-throughput", action="store_true",
+                         help="accepted for Megatron command lines: the log always shows tokens/s and TFLOP/s")
+    logging.add_argument("--wandb-project", default=None, help="log to Weights & Biases (pip install wandb)")
+    logging.add_argument("--wandb-exp-name", default=None, help="wandb run name")
+    logging.add_argument("--wandb-save-dir", default=None, help="wandb's local folder (default: wandb's)")

@@ -16,6 +16,7 @@ from megatron_ponder.runtime.parallel_init import print_rank0
 
 def prepare_data(args):
     """(train, valid) datasets for the chosen data source; sets the model vocabulary size."""
+    from megatron_ponder.data.checks import check_data_fits_run, check_validation_set
     from megatron_ponder.data.datasets import build_gpt_datasets, check_vocab_fits
     from megatron_ponder.data.tokenizer import build_tokenizer
 
@@ -33,6 +34,9 @@ def prepare_data(args):
     if args.vocab_size is None:
         args.vocab_size = int(math.ceil(tokenizer.vocab_size / multiple) * multiple)
     check_vocab_fits(tokenizer.vocab_size, args.vocab_size)
+    if not args.mock_data:  # sizes exact, token ids < vocabulary, at least one sample
+        check_data_fits_run([data_path] + ([valid_path] if valid_path else []), args.seq_length,
+                            tokenizer.vocab_size, args.vocab_size)
     args.tokenizer_vocab_size = tokenizer.vocab_size
 
     samples_per_eval = args.eval_iters * args.global_batch_size
@@ -48,6 +52,7 @@ def prepare_data(args):
         valid_data_path=valid_path,
         cache_dir=args.data_cache_path,
     )
+    check_validation_set(valid, args.eval_iters, args.split, args.valid_data_path)
     return train, valid
 
 
@@ -96,6 +101,8 @@ def build_training_state(args, config):
         end_wd=args.weight_decay,
         wd_incr_steps=args.train_iters * args.global_batch_size,
         wd_incr_style="constant",
+        override_opt_param_scheduler=args.override_opt_param_scheduler,
+        use_checkpoint_opt_param_scheduler=args.use_checkpoint_opt_param_scheduler,
     )
     return model, chunks, optimizer, scheduler
 

@@ -3,8 +3,9 @@
 Layout under ``--save DIR``::
 
     DIR/iter_0000100/            one dist_checkpointing checkpoint (model, optimizer, scheduler,
-                                 iteration, consumed samples, run arguments)
+                                 generators, iteration, consumed samples, run arguments)
     DIR/latest_checkpointed_iteration.txt
+    DIR/.megatron_ponder.lock    held by the run writing here (training/run_lock.py)
 
 A weights-only checkpoint (:func:`save_weights_checkpoint`, written by
 ``tools/convert_checkpoint.py import``) has the same layout without optimizer and scheduler;
@@ -32,6 +33,8 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 
+from megatron_ponder.training.checkpoint_errors import CHECKPOINT_FAILURES, read_failure, write_failure
+
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 
 
@@ -43,6 +46,7 @@ class CheckpointError(RuntimeError):
 class ResumeState:
     iteration: int
     consumed_samples: int
+    rng_restored: bool = False
 
 
 def _fault_injection_point(name: str, iteration: int) -> None:
@@ -122,28 +126,81 @@ def save_checkpoint(
     consumed_samples: int,
     run_args: Dict[str, Any],
     distributed_optimizer: bool,
+    save_optimizer: bool = True,
+    keep_last: Optional[int] = None,
 ) -> str:
-    """Write ``root/iter_N`` on all ranks, then move the pointer. Returns the folder."""
+    """Write ``root/iter_N`` on all ranks, then move the pointer. Returns the folder.
+
+    ``save_optimizer=False`` (``--no-save-optim``) writes weights, iteration, data position and
+    generators only. ``keep_last``: afterwards delete all but the newest ``keep_last`` folders.
+    """
+    from megatron_ponder.training.rng_state import rng_sharded_object
+
+    folder = _fresh_folder(root, iteration)
+    model_state = model.sharded_state_dict()
+    state = {
+        "model": model_state,
+        "rng_state": rng_sharded_object(),
+        "iteration": iteration,
+        "consumed_samples": consumed_samples,
+        "args": run_args,
+    }
+    if save_optimizer:
+        state["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_state, False, distributed_optimizer)
+        state["scheduler"] = scheduler.state_dict()
+    else:
+        state["weights_only"] = True
+    _save_or_explain(state, folder)
+    _fault_injection_point("after-shards-before-pointer", iteration)
+    _point_latest_at(root, iteration)
+    if keep_last:
+        delete_old_checkpoints(root, keep_last)
+    return folder
+
+
+def _fresh_folder(root: str, iteration: int) -> str:
     folder = checkpoint_dir(root, iteration)
     if dist.get_rank() == 0:
         if os.path.exists(folder):  # a partial save from a crashed run: start clean
             shutil.rmtree(folder)
         os.makedirs(folder)
     dist.barrier()
-    model_state = model.sharded_state_dict()
-    state = {
-        "model": model_state,
-        "optimizer": _optimizer_sharded_state_dict(optimizer, model_state, False, distributed_optimizer),
-        "scheduler": scheduler.state_dict(),
-        "iteration": iteration,
-        "consumed_samples": consumed_samples,
-        "args": run_args,
-    }
-    dist_checkpointing.save(state, folder)
-    dist.barrier()
-    _fault_injection_point("after-shards-before-pointer", iteration)
-    _point_latest_at(root, iteration)
     return folder
+
+
+def _save_or_explain(state: Dict[str, Any], folder: str) -> None:
+    """dist_checkpointing.save on all ranks; a failure is one CheckpointError line on every rank."""
+    from megatron_ponder.training.rank_agreement import agree_any_error
+
+    message = None
+    try:
+        dist_checkpointing.save(state, folder)
+    except CHECKPOINT_FAILURES as error:  # full disk, permissions: the pointer is not moved
+        message = write_failure(folder, error)
+    message = agree_any_error(message)
+    if message:
+        raise CheckpointError(message)
+    dist.barrier()
+
+
+def delete_old_checkpoints(root: str, keep_last: int) -> None:
+    """Rank 0 removes all but the newest ``keep_last`` complete ``iter_*`` folders (never the latest)."""
+    if dist.get_rank() == 0:
+        latest = latest_iteration(root)
+        iterations = sorted(int(name[5:]) for name in os.listdir(root)
+                            if name.startswith("iter_") and name[5:].isdigit())
+        for iteration in iterations[:-keep_last]:
+            if iteration != latest:
+                shutil.rmtree(checkpoint_dir(root, iteration), ignore_errors=True)
+    dist.barrier()
+
+
+def read_common_state(folder: str) -> Dict[str, Any]:
+    """The checkpoint's non-tensor state (iteration, args, ...); CheckpointError naming a damaged file."""
+    try:
+        return dist_checkpointing.load_common_state_dict(folder)
+    except CHECKPOINT_FAILURES as error:
+        raise CheckpointError(read_failure(folder, error)) from None
 
 
 def _point_latest_at(root: str, iteration: int) -> None:
@@ -165,21 +222,16 @@ def save_weights_checkpoint(root: str, model, run_args: Dict[str, Any], iteratio
     Same layout as :func:`save_checkpoint`; ``weights_only`` tells :func:`load_checkpoint` that
     there is no optimizer state to resume.
     """
-    folder = checkpoint_dir(root, iteration)
-    if dist.get_rank() == 0:
-        if os.path.exists(folder):
-            shutil.rmtree(folder)
-        os.makedirs(folder)
-    dist.barrier()
+    folder = _fresh_folder(root, iteration)
     state = {
         "model": model.sharded_state_dict(),
         "iteration": iteration,
         "consumed_samples": 0,
         "args": run_args,
         "weights_only": True,
+        "imported": True,  # a new method may start from it (run_identity compares shapes only)
     }
-    dist_checkpointing.save(state, folder)
-    dist.barrier()
+    _save_or_explain(state, folder)
     _point_latest_at(root, iteration)
     return folder
 
@@ -201,11 +253,15 @@ def without_absent_extra_state(model_state: Dict[str, Any], folder: str):
     return {k: v for k, v in model_state.items() if k not in absent}, absent
 
 
-def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool, distributed_optimizer: bool) -> Optional[ResumeState]:
+def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool, distributed_optimizer: bool,
+                    load_rng: bool = True) -> Optional[ResumeState]:
     """Restore the latest checkpoint under ``root`` into model/optimizer/scheduler (all ranks).
 
-    Returns None when there is none yet (a fresh run that will save there).
+    Returns None when there is none yet (a fresh run that will save there). The generators are
+    restored too (``load_rng``) when the checkpoint has them for this layout.
     """
+    from megatron_ponder.training.rng_state import restore_rng, rng_request
+
     iteration = latest_iteration(root)
     if iteration is None:
         return None
@@ -215,19 +271,27 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
             f"{folder} (named by {LATEST_FILE}) is not a complete checkpoint: point the file at an "
             "existing iter_* folder or delete it to start fresh"
         )
-    if load_optimizer and dist_checkpointing.load_common_state_dict(folder).get("weights_only", False):
+    common = read_common_state(folder)
+    if load_optimizer and common.get("weights_only", False):
         raise CheckpointError(
-            f"{folder} holds weights only (an imported model, no optimizer state): continue from it "
-            "with --no-load-optim"
+            f"{folder} holds no optimizer state (an imported model, or saved with --no-save-optim): continue "
+            "from it with --no-load-optim"
         )
-    model_state, absent_extra_state = without_absent_extra_state(model.sharded_state_dict(), folder)
+    try:
+        stored_keys = set(load_sharded_metadata(folder))
+        model_state, absent_extra_state = without_absent_extra_state(model.sharded_state_dict(), folder)
+    except CHECKPOINT_FAILURES as error:  # unreadable .metadata
+        raise CheckpointError(read_failure(folder, error)) from None
     request = {"model": model_state}
     if load_optimizer:
         request["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_state, True, distributed_optimizer)
+    rng = rng_request(common.get("args", {}), stored_keys) if load_rng else None
+    if rng is not None:
+        request["rng_state"] = rng
     try:
         loaded = dist_checkpointing.load(request, folder)
-    except Exception as error:  # dist_checkpointing raises many types; say which file and why
-        raise CheckpointError(f"cannot load {folder}: {type(error).__name__}: {str(error).splitlines()[0][:300]}") from error
+    except CHECKPOINT_FAILURES as error:  # dist_checkpointing raises many types; say which file and why
+        raise CheckpointError(read_failure(folder, error)) from None
     missing, unexpected = model.load_state_dict(loaded["model"], strict=False)
     if set(missing) - absent_extra_state or unexpected:
         raise CheckpointError(f"{folder} does not fit this model: missing {sorted(set(missing) - absent_extra_state)[:3]}, "
@@ -236,5 +300,19 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
         workaround = _keep_adam_step_when_loading(optimizer) if distributed_optimizer else nullcontext()
         with torch.no_grad(), workaround:
             optimizer.load_state_dict(loaded["optimizer"])
-        scheduler.load_state_dict(loaded["scheduler"])
-    return ResumeState(iteration=loaded["iteration"], consumed_samples=loaded["consumed_samples"])
+        _load_scheduler(scheduler, loaded["scheduler"], folder)
+    if rng is not None:
+        restore_rng(loaded["rng_state"])
+    return ResumeState(iteration=loaded["iteration"], consumed_samples=loaded["consumed_samples"],
+                       rng_restored=rng is not None)
+
+
+def _load_scheduler(scheduler, state: Dict[str, Any], folder: str) -> None:
+    """Megatron asserts when the flags' LR/WD schedule differs from the checkpoint's: say which way out."""
+    try:
+        scheduler.load_state_dict(state)
+    except AssertionError as error:
+        raise CheckpointError(
+            f"{folder}: the LR/WD schedule of the flags differs from the checkpoint's ({str(error).strip()[:160]}): "
+            "pass --override-opt_param-scheduler to use the flags' schedule, or "
+            "--use-checkpoint-opt_param-scheduler to keep the checkpoint's") from None

@@ -42,6 +42,13 @@ class RunLogger:
             except ImportError:
                 print("tensorboard is not installed (pip install tensorboard): logging to stdout only", flush=True)
 
+        self.wandb = None
+        if getattr(args, "wandb_project", None) and self.is_writer:
+            import wandb
+
+            self.wandb = wandb.init(project=args.wandb_project, name=args.wandb_exp_name, dir=args.wandb_save_dir,
+                                    config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
     def log_step(self, iteration: int, result, learning_rate: float, seconds: float, flops: float, consumed: int):
         self.window_time += seconds
         self.window_steps += 1
@@ -90,6 +97,10 @@ class RunLogger:
         self.window_steps = self.window_skipped = 0
 
     def _write_metrics(self, **record):
+        if self.wandb:
+            kind = record["kind"]
+            self.wandb.log({f"{kind}/{k}": v for k, v in record.items() if isinstance(v, (int, float))
+                            and k not in ("kind", "iteration")}, step=record["iteration"])
         if self.metrics:
             self.metrics.write(json.dumps(record) + "\n")
             self.metrics.flush()
@@ -102,6 +113,8 @@ class RunLogger:
             self.tensorboard.add_scalar("valid/loss", loss, iteration)
 
     def close(self):
+        if self.wandb:
+            self.wandb.finish()
         if self.metrics:
             self.metrics.close()
         if self.tensorboard:

@@ -29,6 +29,7 @@ from megatron_ponder.model.passes import plan_for_config
 from megatron_ponder.parallel.context_parallel import split_batch_for_context_parallel
 from megatron_ponder.parallel.looped_pipeline import looped_forward_backward
 from megatron_ponder.training.grad_overlap import overlapped_grad_reduce
+from megatron_ponder.training.nan_guard import gradients_are_finite
 
 
 def masked_token_loss(loss_mask: Tensor, output) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
@@ -163,7 +164,7 @@ def train_step(
 
     Latent mode draws J once here (``config.jacobi_rounds_for_iteration(iteration)``) and runs
     every microbatch and pipeline rank with it.
-    A non-finite loss (the same value on every rank) raises :class:`NonFiniteLossError` with
+    A non-finite loss or gradient (the same verdict on every rank) raises :class:`NonFiniteLossError` with
     ``nan_policy="stop"``; with ``"skip"`` the update is dropped and the step reported skipped.
     """
     config = get_model_config(model_chunks[0])
@@ -175,10 +176,13 @@ def train_step(
         reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, False, rounds)
     loss, tokens, residuals = _reduce_reports(reports, rounds or 0)
     common = dict(loss=loss, tokens=tokens, jacobi_rounds=rounds or 0, jacobi_residuals=residuals or None)
-    if not math.isfinite(loss):
-        if nan_policy == "stop":
+    problem = f"loss is {loss}" if not math.isfinite(loss) else None
+    if problem is None and not gradients_are_finite(model_chunks):
+        problem = f"loss is {loss} but the gradients are not finite"
+    if problem is not None:
+        if nan_policy == "stop":  # iteration + 1: the number the log gives this step
             raise NonFiniteLossError(
-                f"loss is {loss} at iteration {iteration}: lower --lr, check the data, or pass "
+                f"{problem} at iteration {iteration + 1}: lower --lr, check the data, or pass "
                 "--nan-policy skip to drop such steps"
             )
         return StepResult(**common, skipped=True)

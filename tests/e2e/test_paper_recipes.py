@@ -18,7 +18,7 @@ import subprocess
 
 import pytest
 from support.indexed_documents import write_random_documents
-from torchrun import REPO, child_env, free_port
+from support.torchrun import REPO, child_env, free_port
 
 from megatron_ponder.training.arguments import parse_args
 
@@ -56,7 +56,7 @@ def test_ponderlm_recipe_has_the_papers_settings(size):
     check_schedule(args, lr, 0.01, 143000, 1024)
     assert args.preset == f"pythia-{size}" and args.architecture == "neox" and args.hidden_size == hidden
     assert args.weight_decay == weight_decay
-    assert args.ponder_mode == "ponder" and args.ponder_steps == 3 and not args.ponder_replace
+    assert args.ponder_mode == "ponder" and args.ponder_steps == 3 and args.ponder_accumulate
     assert args.input_embedding_scale == pytest.approx(math.sqrt(hidden))
 
 
@@ -71,7 +71,7 @@ def test_ponderlm2_recipes_have_the_papers_settings():
     assert (llama.weight_decay, pythia.weight_decay) == (0.1, 0.01)
     for args in (llama, pythia):
         assert args.ponder_mode == "latent" and args.num_latent_thoughts == 1
-        assert tuple(args.jacobi_iters) == (2, 3) and args.jacobi_eval_iters == 3
+        assert tuple(args.jacobi_train_rounds) == (2, 3) and args.jacobi_eval_rounds == 3
         assert args.input_embedding_scale is None  # follows the paper init: sqrt(2.5 h)
 
 

@@ -140,3 +140,58 @@ def test_torchrun_restart_resumes_from_the_latest_checkpoint(tmp_path, uninterru
     assert returncode == 0, log[-3000:]
     assert "resumed from" in log
     assert train_losses(metrics) == uninterrupted
+
+
+def _wait_for_iteration(metrics, iteration, process, deadline_s=300):
+    deadline = time.time() + deadline_s
+    while time.time() < deadline and (not metrics.exists() or max(train_losses(metrics), default=0) < iteration):
+        assert process.poll() is None, "the run ended before it could be signalled"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_0_and_resumes_exactly(tmp_path, uninterrupted):
+    """--exit-signal-handler: SIGTERM to one worker (rank 1) only; both finish the step, agree to
+    stop, save that iteration and exit 0 with one line; the resume reproduces every loss."""
+    import psutil
+
+    metrics, checkpoints = tmp_path / "metrics.jsonl", tmp_path / "ckpt"
+    args = BASE + ["--train-iters", "8", "--metrics-file", metrics, "--save", checkpoints, "--load", checkpoints,
+                   "--exit-signal-handler"]
+    out = tmp_path / "out.txt"
+    with open(out, "w") as handle:
+        run = subprocess.Popen(torchrun_command(PRETRAIN, 2, args), env=child_env(), start_new_session=True,
+                               stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_iteration(metrics, 3, run)
+            workers = sorted((p for p in psutil.Process(run.pid).children()
+                              if "megatron_ponder.pretrain" in " ".join(p.cmdline())), key=lambda p: p.pid)
+            workers[-1].send_signal(signal.SIGTERM)
+            returncode = run.wait(timeout=300)
+        finally:
+            try:
+                os.killpg(run.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    log = out.read_text()
+    assert returncode == 0, log[-3000:]
+    stops = [line for line in log.splitlines() if line.startswith("received SIGTERM")]
+    assert len(stops) == 1 and "resume with --load" in stops[0], log[-3000:]
+    stopped_at = int((checkpoints / "latest_checkpointed_iteration.txt").read_text())
+    assert 3 <= stopped_at < 8 and max(train_losses(metrics)) == stopped_at  # saved the step it finished
+
+    resumed = run_torchrun(PRETRAIN, 2, args)
+    assert f"at iteration {stopped_at}" in resumed.stdout
+    assert train_losses(metrics) == uninterrupted
+
+
+@pytest.mark.slow
+def test_dropout_resume_is_exact(tmp_path):
+    """Dropout > 0: the generators travel in the checkpoint, so the resumed run draws the same masks."""
+    args = BASE + ["--hidden-dropout", "0.2", "--attention-dropout", "0.2", "--train-iters", "6"]
+    straight, resumed_metrics, checkpoints = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "ckpt"
+    run_torchrun(PRETRAIN, 2, args + ["--metrics-file", straight])
+    run_torchrun(PRETRAIN, 2, args + ["--metrics-file", resumed_metrics, "--save", checkpoints, "--exit-interval", "3"])
+    resumed = run_torchrun(PRETRAIN, 2, args + ["--metrics-file", resumed_metrics, "--load", checkpoints])
+    assert "at iteration 3" in resumed.stdout and "not restored" not in resumed.stdout
+    assert train_losses(resumed_metrics) == train_losses(straight)

@@ -38,7 +38,8 @@ def test_srun_launches_torchrun_with_rendezvous_on_the_first_node(tmp_path):
     assert "-m torch.distributed.run --nnodes 2 --nproc-per-node 4 --rdzv-id 4242" in joined
     assert "--rdzv-backend c10d --rdzv-endpoint gpu-node-07:29500 --max-restarts 3" in joined
     # User arguments arrive unchanged (one argv entry each, spaces kept), after the module.
-    assert argv[argv.index("megatron_ponder.pretrain") + 1:] == ["--preset", "pythia-1.4b", "--data-path", "0.3 a", "--bf16"]
+    assert argv[argv.index("megatron_ponder.pretrain") + 1:] == ["--exit-signal-handler", "--preset", "pythia-1.4b",
+                                                                 "--data-path", "0.3 a", "--bf16"]
     assert "2 node(s) x 4 GPU(s), rendezvous gpu-node-07:29500, job 4242" in done.stdout
 
 

@@ -338,3 +338,20 @@ def test_microbatch_stream_rejects_bad_batch_sizes(gbs, mbs, rank, dp):
     assert "\n" not in str(error.value)
     if gbs:
         assert "--global-batch-size" in str(error.value)
+
+
+def test_long_documents_are_tokenized_in_pieces_to_the_same_ids(corpus, monkeypatch):
+    """Pieces cut before a single space between words give exactly the whole document's ids
+    (also across newlines, runs of spaces and a word longer than the search window)."""
+    from megatron_ponder.data import long_documents, preprocess
+
+    _, tokenizer, docs, _ = corpus
+    text = "  ".join(docs) + "\n\n  x" + "y" * 300 + " end  \n" + " ".join(docs)
+    monkeypatch.setattr(long_documents, "PIECE_CHARS", 97)
+    cut = list(long_documents.pieces(text))
+    assert len(cut) > 10 and "".join(cut) == text
+    assert np.array_equal(long_documents.tokenize_long(tokenizer, text), tokenizer.tokenize_batch([text])[0])
+    monkeypatch.setattr(preprocess, "LONG_DOCUMENT_CHARS", 100)  # the preprocess path takes it
+    work = preprocess.ChunkTokenizer(tokenizer, "text", "text", append_eod=True)
+    (ids, _), = work([("doc", 0, text.encode())])
+    assert ids.tolist() == tokenizer.tokenize_batch([text])[0] + [tokenizer.eod]

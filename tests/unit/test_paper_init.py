@@ -19,7 +19,7 @@ import torch
 
 from megatron_ponder.config import PonderConfigError
 from megatron_ponder.model.architectures import build_ponder_gpt, make_ponder_config
-from megatron_ponder.pretrain import model_config
+from megatron_ponder.training.model_config import model_config
 from megatron_ponder.training.arguments import ArgumentError, parse_args
 
 HIDDEN, LAYERS, FFN, VOCAB = 128, 3, 384, 512

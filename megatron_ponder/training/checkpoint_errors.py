@@ -1,0 +1,103 @@
+"""One line naming the file and the cause when a checkpoint cannot be read or written.
+
+``dist_checkpointing`` reports a damaged checkpoint as whatever its readers raise
+(``UnicodeDecodeError``, a bare ``EOFError``, ``UnpicklingError``, "unexpected pos ...") and a
+full disk as a zip-writer position error; none names the file. After such a failure
+:func:`damaged_file` re-reads the folder piece by piece (``.metadata``, ``common.pt``, then
+every item of every ``*.distcp`` shard at the offsets the metadata gives) to find the first
+file that is missing, short or unreadable. It runs only after a failure, so it costs nothing
+on the normal path.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import pickle
+import shutil
+from typing import Optional
+
+import torch
+from torch.distributed.checkpoint.api import CheckpointException
+
+# What dist_checkpointing raises for a damaged or unwritable checkpoint; torch's
+# CheckpointException (the per-rank failures of a collective load/save) is a BaseException.
+CHECKPOINT_FAILURES = (Exception, CheckpointException)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+
+
+def damaged_file(folder: str) -> Optional[str]:
+    """``"PATH: cause"`` for the first damaged file of a torch_dist checkpoint, or None."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    metadata_path = os.path.join(folder, ".metadata")
+    if not os.path.isfile(metadata_path):
+        return f"{metadata_path}: missing"
+    try:
+        metadata = FileSystemReader(folder).read_metadata()
+    except Exception as error:  # any unpickling failure
+        return f"{metadata_path}: unreadable ({_first_line(error)})"
+    common = os.path.join(folder, "common.pt")
+    if os.path.isfile(common):
+        try:
+            torch.load(common, map_location="cpu", weights_only=False)
+        except Exception as error:
+            return f"{common}: unreadable ({_first_line(error)})"
+    by_file = {}
+    for index, info in metadata.storage_data.items():
+        by_file.setdefault(info.relative_path, []).append((index.fqn, info.offset, info.length))
+    for name in sorted(by_file):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{path}: missing"
+        needed = max(offset + length for _, offset, length in by_file[name])
+        size = os.path.getsize(path)
+        if size < needed:
+            return f"{path}: truncated ({size} of {needed} bytes)"
+        with open(path, "rb") as handle:
+            for fqn, offset, length in sorted(by_file[name], key=lambda item: item[1]):
+                handle.seek(offset)
+                try:
+                    torch.load(io.BytesIO(handle.read(length)), map_location="cpu", weights_only=False)
+                except (Exception, pickle.UnpicklingError) as error:
+                    return f"{path}: corrupt at {fqn} ({_first_line(error)})"
+    return None
+
+
+def _disk_full(error: BaseException, folder: str) -> bool:
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:  # the zip writer reports a short write as "unexpected pos" without errno
+        return shutil.disk_usage(folder).free < 64 * 2**20
+    except OSError:
+        return False
+
+
+def read_failure(folder: str, error: BaseException) -> str:
+    """The one-line message for a checkpoint that failed to load."""
+    damaged = damaged_file(folder)
+    if damaged:
+        return f"cannot load checkpoint {folder}: {damaged}: restore the file, or point " \
+               "latest_checkpointed_iteration.txt at an earlier iter_* folder"
+    return f"cannot load checkpoint {folder}: {_first_line(error)}"
+
+
+def write_failure(folder: str, error: BaseException) -> str:
+    """The one-line message for a checkpoint that failed to save (the pointer stays put)."""
+    if _disk_full(error, folder):
+        free = shutil.disk_usage(folder).free if os.path.exists(folder) else 0
+        cause = f"No space left on device ({free / 2**20:.0f} MiB free)"
+    else:
+        cause = _first_line(error)
+    return (f"cannot write checkpoint {folder}: {cause}: the latest pointer still names the previous "
+            "checkpoint; free space or choose another --save, then resume")

@@ -1,0 +1,68 @@
+"""Non-finite values never reach the weights or a checkpoint.
+
+* :func:`gradients_are_finite`: the reduced gradients of a step, checked before the optimizer
+  applies them. With fp32/bf16 and no loss scaler Megatron's optimizer does not look: a NaN
+  gradient norm even skips clipping (``nan < 1`` is False) and Adam writes NaN into every weight.
+* :class:`SkipLimit`: ``--nan-policy skip`` gives up after ``--nan-skip-limit`` consecutive
+  skipped steps (a diverged run, not a rare bad batch).
+* :func:`check_parameters_finite`: before a save, so a checkpoint (and the latest pointer) never
+  holds NaN weights.
+
+Each check is one pass over local tensors plus one all-reduce of one number over the world
+(every rank holds a different shard: distributed optimizer, TP/PP), so all ranks agree.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, List, Optional
+
+import torch
+import torch.distributed as dist
+
+
+def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """True when every element of every tensor on every rank is finite (a collective)."""
+    local = all(bool(torch.isfinite(t).all()) for t in tensors if t.numel())
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([0.0 if local else 1.0], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() == 0.0
+
+
+def gradients_are_finite(model_chunks: List[torch.nn.Module]) -> bool:
+    """The gradient buffers of Megatron DDP chunks after the step's reduction (a collective)."""
+    buffers = [b for chunk in model_chunks for b in list(getattr(chunk, "buffers", [])) + list(getattr(chunk, "expert_parallel_buffers", []))]
+    return _all_finite(b.grad_data for b in buffers)
+
+
+def check_parameters_finite(model: torch.nn.Module, iteration: int, last_saved: Optional[int]) -> None:
+    """NonFiniteLossError instead of a save of non-finite weights (a collective)."""
+    from megatron_ponder.training.step import NonFiniteLossError
+
+    if not _all_finite(p.detach() for p in model.parameters()):
+        kept = f"the latest checkpoint stays iteration {last_saved}" if last_saved else "nothing was saved"
+        raise NonFiniteLossError(f"the weights are not finite at iteration {iteration}, so they were not saved "
+                                 f"({kept}): lower --lr or check the data, then resume")
+
+
+class SkipLimit:
+    """Counts consecutive skipped steps; raises NonFiniteLossError at ``limit``."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.first: Optional[int] = None
+        self.count = 0
+
+    def record(self, iteration: int, skipped: bool) -> None:
+        from megatron_ponder.training.step import NonFiniteLossError
+
+        if not skipped:
+            self.first, self.count = None, 0
+            return
+        self.first = iteration if self.first is None else self.first
+        self.count += 1
+        if self.count >= self.limit:
+            raise NonFiniteLossError(
+                f"{self.count} consecutive steps skipped for a non-finite loss or gradients (iterations "
+                f"{self.first}-{iteration}, --nan-skip-limit {self.limit}): the run diverged; lower --lr, "
+                "check the data, and resume from the last checkpoint")
