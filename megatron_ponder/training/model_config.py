@@ -73,5 +73,8 @@ def model_config(args: argparse.Namespace):
     from megatron_ponder.config import PonderConfig
     from megatron_ponder.model.architectures import make_ponder_config
 
-    return make_ponder_config(args.architecture, init_style=_init_style(args),
-                              **{**config_fields_from_args(PonderConfig, args), **_derived_fields(args)})
+    init_style = _init_style(args)
+    fields = {**config_fields_from_args(PonderConfig, args), **_derived_fields(args)}
+    if init_style != "megatron":
+        fields.pop("init_method_std")  # the paper init derives it from the hidden size
+    return make_ponder_config(args.architecture, init_style=init_style, **fields)
