@@ -144,6 +144,9 @@ def train(args) -> dict:
 def main(argv: Optional[List[str]] = None) -> int:
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
     warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
+    from megatron_ponder.runtime.megatron_compat import quiet_inapplicable_notices
+
+    quiet_inapplicable_notices()
     from megatron_ponder.config import PonderConfigError
     from megatron_ponder.data.errors import DataError
     from megatron_ponder.sequence_layout import ContextParallelLayoutError

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from dataclasses import fields
 from importlib import metadata
 from typing import Any, Dict, Optional, Tuple
@@ -123,22 +124,26 @@ def drop_deprecated_full_cuda_graph_scope(config) -> None:
         setattr(config, name, [])
 
 
-# ---------------------------------------------------------------------------------- GPTModel
-_GPT_DEPRECATION = "GPTModel IS DEPRECATED"
+# ---------------------------------------------------------------------------------- notices
+class _Notice(logging.Filter):
+    """Drops a logger's records that start with ``prefix`` (``keep_first``: all but the first)."""
 
-
-class _OncePerProcess(logging.Filter):
-    """Lets the first GPTModel deprecation record through and drops the repeats."""
-
-    def __init__(self) -> None:
+    def __init__(self, prefix: str, keep_first: bool) -> None:
         super().__init__()
-        self.seen = False
+        self.prefix, self.keep_first, self.seen = prefix, keep_first, False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith(_GPT_DEPRECATION):
+        if not str(record.msg).startswith(self.prefix):
             return True
-        seen, self.seen = self.seen, True
-        return not seen
+        keep = self.keep_first and not self.seen
+        self.seen = True
+        return keep
+
+
+def _filter_notice(logger_name: str, prefix: str, keep_first: bool = False) -> None:
+    logger = logging.getLogger(logger_name)
+    if not any(isinstance(f, _Notice) and f.prefix == prefix for f in logger.filters):
+        logger.addFilter(_Notice(prefix, keep_first))
 
 
 def gpt_model_deprecation_once() -> None:
@@ -147,9 +152,26 @@ def gpt_model_deprecation_once() -> None:
     0.19: every GPTModel construction logs a notice in favour of HybridModel; PonderGPTModel keeps
     building on GPTModel (docs/compatibility.md), and runs build several models (export, tests).
     """
-    logger = logging.getLogger("megatron.core.models.gpt.gpt_model")
-    if not any(isinstance(f, _OncePerProcess) for f in logger.filters):
-        logger.addFilter(_OncePerProcess())
+    _filter_notice("megatron.core.models.gpt.gpt_model", "GPTModel IS DEPRECATED", keep_first=True)
+
+
+def quiet_inapplicable_notices() -> None:
+    """Drop the notices of Megatron-Core (and torch) that do not apply to the plugin's runs.
+
+    Called by the entry point before Megatron is imported, so that a first run shows the project's
+    own lines. Each notice is matched by its text; every other warning still shows.
+    """
+    # 0.19: hyper_comm_grid asks for absl-py, which would only change how that module logs.
+    warnings.filterwarnings("ignore", message="absl.logging is not installed", category=UserWarning)
+    # 0.19: importing the schedules imports the MIMO model package, whose config says it is
+    # experimental; the plugin does not use it.
+    warnings.filterwarnings("ignore", message="MimoModelConfig is experimental", category=UserWarning)
+    # 0.19: the synchronous checkpoint save runs the async path with its deprecated "mcore"
+    # strategy and warns about async saving, which the plugin does not use.
+    _filter_notice("megatron.core.dist_checkpointing.strategies.torch", "MCore's async save is deprecated")
+    # PyPI's torch for Python 3.12 (the `cpu` extra there) is a CUDA build; on a machine without
+    # CUDA, Megatron's import of torch.utils.cpp_extension logs that no CUDA runtime was found.
+    _filter_notice("torch.utils.cpp_extension", "No CUDA runtime is found")
 
 
 gpt_model_deprecation_once()

@@ -46,4 +46,7 @@ def test_launch_form_trains_with_the_script_defaults(tmp_path, form):
     # The script's defaults reached the entry point: run folder, checkpoints, learning rate.
     assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "2"
     assert "  lr: 0.003\n" in out
-    assert "full scope is deprecated" not in done.stderr
+    # A first run shows the project's lines: no Megatron / torch notice that does not apply
+    # (0.16: "full scope is deprecated"; 0.19: absl, MIMO, async save; CUDA torch on CPU).
+    for notice in ("Warning", "full scope is deprecated", "async save is deprecated", "No CUDA runtime"):
+        assert notice not in done.stderr, done.stderr[-2000:]
