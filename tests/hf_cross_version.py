@@ -18,9 +18,9 @@ PROMPTS = torch.randint(0, 60, (2, 5), generator=torch.Generator().manual_seed(0
 
 
 def save(root: Path) -> None:
-    sys.path[:0] = [str(Path(__file__).parent)]
     import transformers
-    from hf_tiny_models import ARCHITECTURES, save_ponder_lm, tiny_ponder_lm
+    # tests/ is on the path: it is this script's folder.
+    from support.hf_tiny_models import ARCHITECTURES, save_ponder_lm, tiny_ponder_lm
 
     for seed, arch in enumerate(ARCHITECTURES):
         for mode in ("ponder", "latent"):
