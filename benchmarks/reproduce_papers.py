@@ -12,6 +12,8 @@ and writes the validation table and the loss-curve PNG.
 
     python benchmarks/reproduce_papers.py                  # runs + report (about 30-45 min on 1 core)
     python benchmarks/reproduce_papers.py --report-only    # rebuild the report from finished runs
+    python benchmarks/reproduce_papers.py --init-style ponderlm --out runs/reproduce-paper-init \
+        --doc docs/benchmarks/reproduction_paper_init.md   # the same four runs with the papers' init
     python benchmarks/reproduce_papers.py --train-iters 4 --eval-interval 2 --eval-iters 1 \\
         --out /tmp/repro --doc /tmp/repro/report.md         # smoke-size
 
@@ -57,7 +59,7 @@ def common_flags(args, data_dir: Path) -> List[str]:
         "--seq-length", str(args.seq_length), "--micro-batch-size", str(args.micro_batch_size),
         "--train-iters", str(args.train_iters), "--lr", str(args.lr), "--seed", "1234",
         "--eval-interval", str(args.eval_interval), "--eval-iters", str(args.eval_iters),
-        "--log-interval", str(max(1, args.train_iters // 10)),
+        "--log-interval", str(max(1, args.train_iters // 10)), "--init-style", args.init_style,
     ]
 
 
@@ -140,6 +142,8 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--eval-interval", type=int, default=100)
     parser.add_argument("--eval-iters", type=int, default=24)
+    parser.add_argument("--init-style", choices=["megatron", "ponderlm"], default="megatron",
+                        help="every run's init (ponderlm: the papers' truncated-normal init and divisors)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     if not args.report_only:
