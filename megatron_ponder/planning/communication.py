@@ -153,7 +153,10 @@ def _pipeline(traffic: Traffic, run: RunSpec, layout: Layout, stage: int, passes
     traffic.add("pp", "send", message, m * (forward + backward))
     if (stage in (0, pp - 1)) and needs_output_copy(run.model, run.method, pp):
         traffic.add("pp", "all_reduce", run.model.vocab_size / layout.tp * run.model.hidden_size * 4)
-    traffic.add("pp", "all_reduce", 16)  # the step's [loss sum, token count] in float64
+    # The step's [loss sum, token count] and the last microbatch's J Jacobi residuals, float64,
+    # shared from the last stage (training.step._reduce_reports).
+    rounds = sum(p.kind is PassKind.JACOBI_ROUND for p in passes)
+    traffic.add("pp", "all_reduce", 8 * (2 + rounds))
     traffic.add("pp", "broadcast", 4)  # finalize_model_grads: the global token count (int32)
 
 
