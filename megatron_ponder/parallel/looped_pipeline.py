@@ -10,8 +10,8 @@ them, so we hand it one thin :class:`PassChunk` per pass, all sharing the stage'
 What travels in the pipeline tensor (fixed shape, so the schedule needs no shape exchange):
   * between stages of pass v: the hidden states of its k_v*L slots, then the state the last
     stage will need to build the feedback (``Pass.carried_blocks``: ponder accumulate, the
-    running mixture sum; latent initial pass v, the v thoughts already built), zero-padded to
-    T*L slots;
+    running mixture sum; latent passes build every thought from their output and carry nothing),
+    zero-padded to T*L slots;
   * last stage of pass v -> first stage of pass v+1 (the ring): the feedback (ponder: the
     mixture sum to add to e_0; latent: the thoughts of every token), zero-padded.
 
