@@ -9,6 +9,12 @@ from megatron_ponder.training.step import NonFiniteLossError, train_step
 from support.tiny_models import random_batch, tiny_model
 
 
+def _microbatch(tokens, labels, positions):
+    """One training microbatch dict of [2, 8] tensors, every token counted."""
+    return dict(tokens=tokens, labels=labels, position_ids=positions, loss_mask=torch.ones_like(tokens),
+                attention_mask=None)
+
+
 def _poisoned_training_state():
     model = tiny_model("llama", ponder_mode="latent", calculate_per_token_loss=True)
     with torch.no_grad():
@@ -16,9 +22,7 @@ def _poisoned_training_state():
     chunks, optimizer = wrap_and_build_optimizer([model], OptimizerConfig(optimizer="adam", lr=1e-3))
     tokens, labels, positions = random_batch(2, 8)
     tokens[0, 0] = 3  # the poisoned row is used
-    batch = dict(tokens=tokens, labels=labels, position_ids=positions, loss_mask=torch.ones_like(tokens),
-                 attention_mask=None)
-    return model, chunks, optimizer, [batch]
+    return model, chunks, optimizer, [_microbatch(tokens, labels, positions)]
 
 
 def test_stop_policy_raises_with_the_iteration(megatron_world_of_one):
@@ -43,10 +47,7 @@ def _training_state_with_nan_gradients():
     model = tiny_model("llama", ponder_mode="latent", calculate_per_token_loss=True)
     chunks, optimizer = wrap_and_build_optimizer([model], OptimizerConfig(optimizer="adam", lr=1e-3, clip_grad=1.0))
     model.output_layer.weight.register_hook(lambda grad: grad * float("nan"))
-    tokens, labels, positions = random_batch(2, 8)
-    batch = dict(tokens=tokens, labels=labels, position_ids=positions, loss_mask=torch.ones_like(tokens),
-                 attention_mask=None)
-    return model, chunks, optimizer, [batch]
+    return model, chunks, optimizer, [_microbatch(*random_batch(2, 8))]
 
 
 def test_nan_gradients_with_a_finite_loss_stop_the_run(megatron_world_of_one):
