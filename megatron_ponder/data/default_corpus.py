@@ -82,16 +82,35 @@ def prepare_default_corpus(
 
     Collective under torch.distributed: rank 0 builds while the others wait, then they reuse.
     """
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return prepare_file_corpus(work_dir, stdlib_sources(stdlib), dict(python=platform.python_version(), stdlib=str(stdlib)),
+                               vocab_size, max_bytes, valid_fraction, workers, progress)
+
+
+def prepare_file_corpus(
+    work_dir: Path,
+    sources: List[Tuple[str, Path]],
+    identity: dict,
+    vocab_size: int = 4096,
+    max_bytes: Optional[int] = 8_000_000,
+    valid_fraction: float = 0.05,
+    workers: int = 1,
+    progress: bool = True,
+) -> DefaultCorpus:
+    """The same build for any text files, one document each (the stdlib corpus is one use).
+
+    ``sources``: (relative name, path) pairs; the relative name orders and splits them.
+    ``identity``: what names the source (recorded in the manifest; a change rebuilds).
+    The other arguments are :func:`prepare_default_corpus`'s.
+    """
     work_dir = Path(work_dir)
     if not 0.0 < valid_fraction <= 0.5:
         raise DataError(f"valid_fraction {valid_fraction} must be in (0, 0.5]")
     if max_bytes is not None and max_bytes <= 0:
         raise DataError(f"max_bytes {max_bytes} must be positive (or None for everything)")
-    sources = stdlib_sources()
     params = {
         "format": _FORMAT,
-        "python": platform.python_version(),
-        "stdlib": str(Path(sysconfig.get_paths()["stdlib"])),
+        **identity,
         "listing": _listing_digest(sources),
         "vocab_size": vocab_size,
         "max_bytes": max_bytes,
@@ -117,7 +136,7 @@ def _build(work_dir: Path, params: dict, sources, workers: int, progress: bool) 
     train = [doc for i, doc in enumerate(documents) if i % stride != 0]
     if not train or not valid:
         raise DataError(
-            f"max_bytes {params['max_bytes']} selects {len(documents)} stdlib files, too few "
+            f"max_bytes {params['max_bytes']} selects {len(documents)} files, too few "
             "for a train and a validation split: raise max_bytes"
         )
     doc_dir = work_dir / "documents"

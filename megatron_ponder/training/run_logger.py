@@ -58,7 +58,8 @@ class RunLogger:
             self.window_loss += result.loss
         self._write_metrics(kind="train", iteration=iteration, loss=result.loss, grad_norm=result.grad_norm,
                             lr=learning_rate, skipped=result.skipped, consumed_samples=consumed,
-                            step_seconds=seconds, flops=flops)
+                            step_seconds=seconds, flops=flops,
+                            jacobi_residuals=list(result.jacobi_residuals or []))
         if self.tensorboard:
             self.tensorboard.add_scalar("train/loss", result.loss, iteration)
             self.tensorboard.add_scalar("train/learning_rate", learning_rate, iteration)
