@@ -47,7 +47,12 @@ def installed_megatron_core_version() -> str:
         return metadata.version("megatron-core")
     except metadata.PackageNotFoundError:
         # A source checkout on PYTHONPATH (some containers) has no distribution metadata.
-        from megatron.core import package_info
+        try:
+            from megatron.core import package_info
+        except ImportError:
+            raise UnsupportedMegatronCoreError(
+                f"megatron_ponder needs megatron-core {SUPPORTED_RANGE}, which is not installed: "
+                f"pip install 'megatron-core{SUPPORTED_RANGE}'") from None
 
         return package_info.__version__
 

@@ -450,6 +450,10 @@ def add_robustness_args(parser: argparse.ArgumentParser) -> None:
     logging = parser.add_argument_group("throughput and wandb logging")
     logging.add_argument("--log-throughput", action="store_true",
                          help="accepted for Megatron command lines: the log always shows tokens/s and TFLOP/s")
+    logging.add_argument("--grad-norm-spike-factor", type=float, default=5.0, metavar="X",
+                         help="warn when a step's grad norm exceeds X times the median of the last "
+                              "--grad-norm-spike-window steps (0: never)")
+    logging.add_argument("--grad-norm-spike-window", type=int, default=100, metavar="N")
     logging.add_argument("--wandb-project", default=None, help="log to Weights & Biases (pip install wandb)")
     logging.add_argument("--wandb-exp-name", default=None, help="wandb run name")
     logging.add_argument("--wandb-save-dir", default=None, help="wandb's local folder (default: wandb's)")

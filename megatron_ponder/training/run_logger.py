@@ -13,6 +13,8 @@ import time
 
 import torch.distributed as dist
 
+from megatron_ponder.training.grad_norm_watch import GradNormSpikeWatch
+
 
 def _format_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
@@ -32,6 +34,7 @@ class RunLogger:
         self.window_skipped = 0
         self.started = time.perf_counter()
         self.start_iteration = start_iteration
+        self.grad_norm_watch = GradNormSpikeWatch(args.grad_norm_spike_factor, args.grad_norm_spike_window)
         self.metrics = open(args.metrics_file, "a") if args.metrics_file and self.is_writer else None
         self.tensorboard = None
         if args.tensorboard_dir and self.is_writer:
@@ -60,6 +63,9 @@ class RunLogger:
                             lr=learning_rate, skipped=result.skipped, consumed_samples=consumed,
                             step_seconds=seconds, flops=flops,
                             jacobi_residuals=list(result.jacobi_residuals or []))
+        spike = self.grad_norm_watch.check(iteration, result.grad_norm)
+        if spike and self.is_writer:
+            print(spike, flush=True)
         if self.tensorboard:
             self.tensorboard.add_scalar("train/loss", result.loss, iteration)
             self.tensorboard.add_scalar("train/learning_rate", learning_rate, iteration)

@@ -53,3 +53,27 @@ def test_prepare_default_corpus_builds_disjoint_splits_and_reuses_them(tmp_path)
     # Different parameters: rebuilt, not reused.
     other = prepare_default_corpus(tmp_path, vocab_size=400, max_bytes=300_000, progress=False)
     assert not other.reused and other.vocab_size == 400
+
+
+def test_prepare_file_corpus_builds_any_text_files_and_rebuilds_when_they_change(tmp_path):
+    """The same build for other text (the training-dynamics study's prose corpus uses it)."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megatron_ponder.data.default_corpus import prepare_file_corpus
+
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(12):
+        (texts / f"doc{i:02d}.txt").write_text(f"Document {i} says hello to reader {i * 7}.\n" * 40)
+    sources = sorted((p.name, p) for p in texts.iterdir())
+    corpus = prepare_file_corpus(tmp_path / "built", sources, dict(source="texts"), vocab_size=300,
+                                 valid_fraction=0.25, progress=False)
+    assert (corpus.num_train_documents, corpus.num_valid_documents) == (9, 3) and not corpus.reused
+    assert len(IndexedDataset(corpus.valid_prefix)) == 3
+    again = prepare_file_corpus(tmp_path / "built", sources, dict(source="texts"), vocab_size=300,
+                                valid_fraction=0.25, progress=False)
+    assert again.reused and again.num_train_tokens == corpus.num_train_tokens
+    (texts / "doc00.txt").write_text("A changed document.\n" * 50)
+    sources = sorted((p.name, p) for p in texts.iterdir())
+    assert not prepare_file_corpus(tmp_path / "built", sources, dict(source="texts"), vocab_size=300,
+                                   valid_fraction=0.25, progress=False).reused

@@ -120,3 +120,24 @@ def test_multi_pass_forward_refuses_newer_gpt_arguments(megatron_world_of_one):
     tokens = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(NotImplementedError, match="output_processor"):
         model(tokens, torch.arange(4)[None], None, output_processor=lambda *args, **kwargs: None)
+
+
+def test_import_without_megatron_core_names_the_install():
+    """No megatron-core at all (no metadata, no module): one ImportError line, not a chained traceback."""
+    code = (
+        "import importlib.metadata as m, sys\n"
+        "def missing(name, real=m.version):\n"
+        "    if name == 'megatron-core':\n"
+        "        raise m.PackageNotFoundError(name)\n"
+        "    return real(name)\n"
+        "m.version = missing\n"
+        "sys.modules['megatron'] = None\n"  # `import megatron.core` now raises ImportError
+        "import megatron_ponder\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "During handling" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "megatron_ponder.runtime.megatron_compat.UnsupportedMegatronCoreError: megatron_ponder needs "
+        "megatron-core >=0.16.1,<0.20, which is not installed: pip install 'megatron-core>=0.16.1,<0.20'"
+    )
