@@ -14,9 +14,9 @@ evaluation), on two corpora:
 Coordinate search, one knob at a time, per corpus and method; "best" is the lowest final
 validation loss among that method's finished 300-step runs so far:
 
-1. ``lr``: 1e-3, 3e-3, 1e-2 with the papers' init (``--init-style ponderlm``), 20 warm-up steps,
+1. ``lr``: 1e-3, 3e-3, 1e-2 at the main job's other settings: Megatron's init, 20 warm-up steps,
    the mode's default input scale;
-2. ``init``: the best so far with Megatron's init;
+2. ``init``: the best so far with the papers' init (``--init-style ponderlm``);
 3. ``warmup``: the best so far with 60 warm-up steps;
 4. ``scale``: the best so far with the alternative input-embedding scale (ponder: sqrt(h)
    instead of 1; latent: 1 instead of its default 1/init-method-std);
@@ -77,7 +77,7 @@ class Setting:
     corpus: str
     mode: str
     lr: float
-    init: str = "ponderlm"
+    init: str = "megatron"
     warmup: int = 20
     scale: Optional[float] = None  # None: the mode's default input-embedding scale
     iters: int = 300
@@ -119,7 +119,9 @@ def pretrain_flags(setting: Setting, args, data: List[str]) -> List[str]:
     eval_interval = args.eval_interval * setting.iters // args.train_iters  # same number of evaluations
     flags = ["--preset", "cpu-tiny", *data, "--vocab-size", str(VOCAB), "--seq-length", "128",
              "--micro-batch-size", "8", "--train-iters", str(setting.iters), "--lr", f"{setting.lr:g}",
-             "--lr-warmup-iters", str(min(setting.warmup, setting.iters // 5)),  # the clamp: smoke sizes "--init-style", setting.init, "--seed", "1234",
+             # (the warm-up clamp is for smoke sizes only)
+             "--lr-warmup-iters", str(min(setting.warmup, setting.iters // 5)),
+             "--init-style", setting.init, "--seed", "1234",
              "--eval-interval", str(eval_interval), "--eval-iters", str(args.eval_iters),
              "--log-interval", str(max(1, setting.iters // 10)), *MODES[setting.mode]]
     if setting.scale is not None:
@@ -156,7 +158,7 @@ def stage_settings(stage: str, out: Path, done: List[Setting], corpora: List[str
                 continue
             top = best(out, done, corpus, mode)
             if stage == "init":
-                runs.append(replace(top, init="megatron"))
+                runs.append(replace(top, init="ponderlm"))
             elif stage == "warmup":
                 runs.append(replace(top, warmup=LONG_WARMUP))
             elif stage == "scale" and ALTERNATIVE_SCALE[mode] is not None:
