@@ -1,0 +1,249 @@
+"""Report of the training-dynamics study: tables and curves from the run folders.
+
+Reads ``OUT/<corpus>/<setting>/{run.json,metrics.jsonl}`` as :mod:`training_dynamics` writes them
+and writes one markdown file (every run's numbers, the best setting per method, equal tokens and
+equal compute side by side) and one PNG per corpus next to it.
+
+    python benchmarks/training_dynamics_report.py                      # runs/training-dynamics ->
+                                                                       # docs/benchmarks/training_dynamics.md
+    python benchmarks/training_dynamics_report.py --out /tmp/dyn --doc /tmp/dyn/report.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from reproduction_report import _moving_average  # noqa: E402
+from training_dynamics import MODES, Setting  # noqa: E402
+
+SEQ_LENGTH = 128
+LABELS = {"none": "vanilla", "ponder": "ponder S=3", "latent": "latent N=1"}
+
+
+@dataclass
+class Run:
+    """One finished run of the study."""
+
+    setting: Setting
+    wall_seconds: float
+    train: List[dict]
+    valid: List[dict]
+
+    @property
+    def final(self) -> float:
+        return self.valid[-1]["loss"]
+
+    def flops_at(self, iteration: int) -> float:
+        return sum(r["flops"] for r in self.train if r["iteration"] <= iteration)
+
+    def valid_at_flops(self, flops: float) -> Optional[float]:
+        """Validation loss at ``flops`` training FLOPs, linear between evaluations (None: beyond the run)."""
+        points = [(self.flops_at(r["iteration"]), r["loss"]) for r in self.valid]
+        for (f0, l0), (f1, l1) in zip(points, points[1:]):
+            if f0 <= flops <= f1:
+                return l0 + (l1 - l0) * (flops - f0) / (f1 - f0)
+        return None
+
+    def grad_norm_peak(self, after: int = 10) -> float:
+        """Largest grad norm after the first ``after`` steps (the first steps' norms are large for all)."""
+        return max((r["grad_norm"] for r in self.train if r["iteration"] > after and r["grad_norm"] is not None),
+                   default=float("nan"))
+
+    def spike_ratio(self, window: int = 100) -> float:
+        """Largest ratio of a step's grad norm to the median of the previous ``window`` (>= 10) steps."""
+        norms = [r["grad_norm"] for r in self.train if r["grad_norm"] is not None]
+        return max((norms[i] / statistics.median(norms[max(0, i - window):i]) for i in range(10, len(norms))),
+                   default=0.0)
+
+    def final_residual(self) -> Optional[float]:
+        """Mean over the last 10% of steps of the last Jacobi round's residual (latent only)."""
+        tail = [r["jacobi_residuals"][-1] for r in self.train[-max(1, len(self.train) // 10):]
+                if r.get("jacobi_residuals")]
+        return sum(tail) / len(tail) if tail else None
+
+
+def load_runs(out: Path) -> Dict[str, List[Run]]:
+    """corpus -> its finished runs (exit 0, final evaluation reached)."""
+    runs: Dict[str, List[Run]] = {}
+    for info_path in sorted(out.glob("*/*/run.json")):
+        info = json.loads(info_path.read_text())
+        setting = Setting(**info["setting"])
+        records = [json.loads(line) for line in (info_path.parent / "metrics.jsonl").read_text().splitlines() if line]
+        valid = sorted((r for r in records if r["kind"] == "valid"), key=lambda r: r["iteration"])
+        if info.get("exit_code") != 0 or not valid or valid[-1]["iteration"] != setting.iters:
+            continue
+        train = sorted((r for r in records if r["kind"] == "train"), key=lambda r: r["iteration"])
+        runs.setdefault(setting.corpus, []).append(Run(setting, info["wall_seconds"], train, valid))
+    return runs
+
+
+def _knobs(setting: Setting) -> str:
+    scale = "default" if setting.scale is None else f"{setting.scale:.3g}"
+    return f"lr {setting.lr:g}, {setting.init} init, warm-up {setting.warmup}, scale {scale}"
+
+
+def best_per_mode(runs: List[Run], iters: int) -> Dict[str, Run]:
+    best: Dict[str, Run] = {}
+    for run in runs:
+        if run.setting.iters == iters and (run.setting.mode not in best or run.final < best[run.setting.mode].final):
+            best[run.setting.mode] = run
+    return best
+
+
+def corpus_markdown(corpus: str, runs: List[Run], plot_name: str) -> str:
+    short = min(run.setting.iters for run in runs)
+    lines = [f"## Corpus `{corpus}`", "",
+             f"Every {short}-step run (sorted by method, then final validation loss). Grad-norm peak: the largest "
+             "norm after step 10; spike ratio: the largest norm over the median of the previous 100 steps "
+             "(what `--grad-norm-spike-factor` compares).", "",
+             "| method | lr | init | warm-up | input scale | valid loss | grad-norm peak | spike ratio | "
+             "Jacobi residual (last round) | training FLOPs | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    order = list(MODES)
+    for run in sorted((r for r in runs if r.setting.iters == short), key=lambda r: (order.index(r.setting.mode), r.final)):
+        s = run.setting
+        residual = run.final_residual()
+        lines.append(f"| {LABELS[s.mode]} | {s.lr:g} | {s.init} | {s.warmup} | "
+                     f"{'default' if s.scale is None else f'{s.scale:.3g}'} | {run.final:.4f} | "
+                     f"{run.grad_norm_peak():.2f} | {run.spike_ratio():.1f} | "
+                     f"{'-' if residual is None else f'{residual:.1e}'} | {run.flops_at(s.iters):.2e} | "
+                     f"{run.wall_seconds:.0f} |")
+    best = best_per_mode(runs, short)
+    lines += ["", f"Best setting per method at {short} steps ({short * 8 * SEQ_LENGTH:,} tokens), against the best "
+              "vanilla run:", "", "| method | setting | valid loss | vs vanilla (equal tokens) |", "|---|---|---|---|"]
+    for mode in order:
+        if mode in best:
+            run = best[mode]
+            delta = run.final - best["none"].final if "none" in best else float("nan")
+            lines.append(f"| {LABELS[mode]} | {_knobs(run.setting)} | {run.final:.4f} | {delta:+.3f} |")
+    long_runs = {r.setting.mode: r for r in runs if r.setting.iters > short}
+    if long_runs:
+        longest = max(r.setting.iters for r in long_runs.values())
+        budget = min(r.flops_at(r.setting.iters) for r in long_runs.values())
+        lines += ["", f"The best setting per method at {longest} steps ({longest * 8 * SEQ_LENGTH:,} tokens). Equal "
+                  f"compute: each long run's validation loss at {budget:.2e} training FLOPs (the smallest run's total; "
+                  "linear between evaluations; mid-schedule for the costlier methods, so not annealed).", "",
+                  f"| method | valid loss at {longest} steps | vs vanilla (equal tokens) | valid loss at equal FLOPs | "
+                  "vs vanilla (equal FLOPs) | wall s |", "|---|---|---|---|---|---|"]
+        base = long_runs.get("none")
+        for mode in order:
+            if mode in long_runs:
+                run = long_runs[mode]
+                at_budget = run.valid_at_flops(budget)
+                tokens_delta = run.final - base.final if base else float("nan")
+                flops_delta = at_budget - base.valid_at_flops(budget) if base and at_budget is not None else float("nan")
+                lines.append(f"| {LABELS[mode]} | {run.final:.4f} | {tokens_delta:+.3f} | "
+                             f"{'-' if at_budget is None else f'{at_budget:.4f}'} | {flops_delta:+.3f} | "
+                             f"{run.wall_seconds:.0f} |")
+    lines += ["", f"![{corpus} curves]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def plot_corpus(runs: List[Run], path: Path) -> None:
+    """Four panels: valid loss vs tokens (best and long runs), vs FLOPs, grad norms, Jacobi residuals."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit('matplotlib is not installed: pip install -e ".[bench]"') from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    short = min(run.setting.iters for run in runs)
+    best = best_per_mode(runs, short)
+    shown = list(best.values()) + [r for r in runs if r.setting.iters > short]
+    color = {mode: f"C{i}" for i, mode in enumerate(MODES)}
+    figure, ((by_tokens, by_flops), (norms, residuals)) = plt.subplots(2, 2, figsize=(12, 8.5))
+    lowest = min(r["loss"] for run in shown for r in run.valid)
+    for run in shown:
+        s = run.setting
+        style = "o-" if s.iters == short else "s--"
+        label = f"{LABELS[s.mode]}, {s.iters} steps"
+        valid = [r for r in run.valid if r["iteration"] > 0]
+        by_tokens.plot([r["iteration"] * 8 * SEQ_LENGTH / 1e6 for r in valid], [r["loss"] for r in valid], style,
+                       color=color[s.mode], markersize=3, label=label)
+        by_flops.plot([run.flops_at(r["iteration"]) for r in valid], [r["loss"] for r in valid], style,
+                      color=color[s.mode], markersize=3, label=label)
+    for axes, title in ((by_tokens, "validation loss, equal tokens"), (by_flops, "validation loss vs compute")):
+        axes.set_ylim(lowest - 0.1, lowest + 2.0)
+        axes.set_ylabel("loss (nats / token)")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    by_tokens.set_xlabel("training tokens (millions)")
+    by_flops.set_xlabel("training FLOPs (all passes)")
+    by_flops.set_xscale("log")
+    dashes = {1e-3: ":", 3e-3: "-", 1e-2: "--"}
+    for run in runs:  # the LR sweep: grad norms per method and LR
+        s = run.setting
+        if s.iters != short or s.init != "megatron" or s.warmup != 20 or s.scale is not None:
+            continue
+        smooth = _moving_average([r["grad_norm"] or 0.0 for r in run.train], 5)
+        norms.plot([r["iteration"] for r in run.train], smooth, dashes.get(s.lr, "-"), color=color[s.mode],
+                   linewidth=1, label=f"{LABELS[s.mode]}, lr {s.lr:g}")
+        if s.mode == "latent":
+            tail = [(r["iteration"], r["jacobi_residuals"][-1]) for r in run.train if r.get("jacobi_residuals")]
+            residuals.plot([i for i, _ in tail], _moving_average([v for _, v in tail], 5), dashes.get(s.lr, "-"),
+                           color=color["latent"], linewidth=1, label=f"lr {s.lr:g}, Megatron init")
+    if "latent" in best:
+        run = best["latent"]
+        tail = [(r["iteration"], r["jacobi_residuals"][-1]) for r in run.train if r.get("jacobi_residuals")]
+        residuals.plot([i for i, _ in tail], _moving_average([v for _, v in tail], 5), color="k", linewidth=1,
+                       label=f"best: {_knobs(run.setting)}")
+    norms.set_yscale("log")
+    norms.set_title("gradient norm (LR sweep; 5-step mean)")
+    norms.set_xlabel("iteration")
+    norms.legend(fontsize=7, ncol=2)
+    norms.grid(alpha=0.3)
+    residuals.set_yscale("log")
+    residuals.set_title("latent: last Jacobi round's residual ||h_J - h_(J-1)|| / ||h_J|| (5-step mean)")
+    residuals.set_xlabel("iteration")
+    residuals.legend(fontsize=7)
+    residuals.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def write_report(out: Path, doc: Path, plot: bool = True) -> str:
+    runs = load_runs(out)
+    if not runs:
+        raise SystemExit(f"no finished runs under {out}: run benchmarks/training_dynamics.py first")
+    hours = sum(run.wall_seconds for corpus in runs.values() for run in corpus) / 3600
+    parts = ["# Training-dynamics study: the numbers", "",
+             "Produced by `python benchmarks/training_dynamics.py` and "
+             "`python benchmarks/training_dynamics_report.py`; conclusions in "
+             "[../training_dynamics.md](../training_dynamics.md). Every run: cpu-tiny, 8 samples x 128 tokens per "
+             "step, seed 1234, one process with one thread; validation loss at the end (12 batches of the held-out "
+             f"documents, J=3 for latent). CPU time of the runs below: {hours:.1f} core-hours.", ""]
+    for corpus, corpus_runs in runs.items():
+        plot_name = f"{doc.stem}_{corpus}.png"
+        parts.append(corpus_markdown(corpus, corpus_runs, plot_name))
+        if plot:
+            plot_corpus(corpus_runs, doc.with_name(plot_name))
+    text = "\n".join(parts)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "runs" / "training-dynamics"))
+    parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks" / "training_dynamics.md"))
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    print(write_report(Path(args.out), Path(args.doc), plot=not args.no_plot))
+
+
+if __name__ == "__main__":
+    main()
