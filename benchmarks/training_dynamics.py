@@ -37,12 +37,12 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import socket
 import math
 import os
 import subprocess
 import sys
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -168,6 +168,12 @@ def stage_settings(stage: str, out: Path, done: List[Setting], corpora: List[str
     return [run for run in runs if run not in done]
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_one(setting: Setting, args, out: Path, data: Dict[str, List[str]]) -> None:
     folder = out / setting.folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -180,8 +186,7 @@ def run_one(setting: Setting, args, out: Path, data: Dict[str, List[str]]) -> No
     (folder / "run.json").unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    # Each run its own rendezvous port: runs side by side must not meet.
-    env["MASTER_PORT"] = str(29600 + zlib.crc32(setting.folder.encode()) % 2000)
+    env["MASTER_PORT"] = str(free_port())  # each run its own rendezvous: runs side by side must not meet
     started = time.time()
     with open(folder / "log.txt", "w") as log:
         status = subprocess.run([sys.executable, "-m", "megatron_ponder.pretrain", *flags, "--metrics-file", str(metrics)],

@@ -64,3 +64,29 @@ def test_prefill_benchmark_tiny(tmp_path):
     assert [r["mode"] for r in rows] == ["latent N=1", "latent N=2"]
     assert all(float(r["Jacobi prefill, J=3 (s)"]) > 0 and float(r["sequential prefill (s)"]) > 0 for r in rows)
     assert rows[0]["mode"] in printed
+
+
+@pytest.mark.slow
+def test_training_dynamics_study_tiny(tmp_path):
+    """Stages lr and init at 4 steps on the built-in corpus: the init stage takes each method's best LR."""
+    env = child_env()
+    out, doc = tmp_path / "dyn", tmp_path / "report.md"
+    study = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "training_dynamics.py"), "--corpora", "stdlib", "--stages", "lr",
+         "init", "--train-iters", "4", "--eval-interval", "2", "--eval-iters", "1", "--out", str(out)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert study.returncode == 0, study.stdout[-2000:] + study.stderr[-2000:]
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "training_dynamics_report.py"), "--out", str(out),
+                    "--doc", str(doc)], env=env, cwd=REPO, check=True, capture_output=True, text=True)
+    rows = table(doc.read_text(), "| method | lr | init")
+    assert sorted((r["method"], r["init"]) for r in rows) == sorted(
+        [(m, "megatron") for m in ("vanilla", "ponder S=3", "latent N=1") for _ in range(3)]
+        + [(m, "ponderlm") for m in ("vanilla", "ponder S=3", "latent N=1")])
+    for method in ("vanilla", "ponder S=3", "latent N=1"):
+        sweep = {r["lr"]: float(r["valid loss"]) for r in rows if r["method"] == method and r["init"] == "megatron"}
+        assert sorted(sweep) == ["0.001", "0.003", "0.01"]
+        paper = next(r for r in rows if r["method"] == method and r["init"] == "ponderlm")
+        assert sweep[paper["lr"]] == min(sweep.values())  # the init stage starts from the best LR
+    assert all(r["Jacobi residual (last round)"] != "-" for r in rows if r["method"] == "latent N=1")
+    assert (tmp_path / "report_stdlib.png").stat().st_size > 10_000
