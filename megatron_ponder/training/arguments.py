@@ -438,7 +438,8 @@ def add_robustness_args(parser: argparse.ArgumentParser) -> None:
     resume.add_argument("--ckpt-format", choices=["torch_dist"], default="torch_dist",
                         help="checkpoint format (only Megatron's torch_dist; it reshards on load)")
     resume.add_argument("--async-save", action="store_true",
-                        help="write checkpoints in the background (dist_checkpointing async, torch_dist)")
+                        help="write checkpoints in a background process while training goes on (Megatron-Core's "
+                             "dist_checkpointing async save); the latest pointer moves once every rank has written")
     resume.add_argument("--keep-last-checkpoints", type=int, default=None, metavar="N",
                         help="after each save, delete all but the newest N iter_* folders")
     resume.add_argument("--exit-signal-handler", action="store_true",
