@@ -86,7 +86,7 @@ def check_numeric_flags(args, error_type) -> None:
     if args.min_lr > args.lr:
         raise error_type(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}: lower --min-lr")
     if args.wandb_project and importlib.util.find_spec("wandb") is None:
-        raise error_type("--wandb-project needs wandb: pip install wandb (or drop the flag)")
+        raise error_type("--wandb-project needs wandb: pip install wandb (the `wandb` extra), or drop the flag")
     cap_dali_workers(args)
 
 
