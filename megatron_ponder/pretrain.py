@@ -176,7 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_ponder.config import PonderConfigError
     from megatron_ponder.data.errors import DataError
     from megatron_ponder.sequence_layout import ContextParallelLayoutError
-    from megatron_ponder.runtime.parallel_init import initialize_parallel, shutdown_parallel
+    from megatron_ponder.runtime.parallel_init import initialize_parallel, leave_together, shutdown_parallel
     from megatron_ponder.training.arguments import ArgumentError, describe, finalize_args, parse_args
     from megatron_ponder.training.checkpointing import CheckpointError
     from megatron_ponder.training.run_lock import release_run_locks
@@ -200,10 +200,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = train(args)
     except user_errors as error:
         # Every rank raises the same error (deterministic checks, or agreed: rank_agreement);
-        # one copy is enough.
+        # one copy is enough, and every rank exits 2 (none is stopped by torchrun meanwhile).
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr,
                   flush=True)
+        leave_together()
         return 2
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:

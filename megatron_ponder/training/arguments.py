@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
@@ -73,8 +74,22 @@ def upgrade_saved_args(saved: Dict[str, Any]) -> Dict[str, Any]:
     return upgraded
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse; under torchrun only rank 0 prints a usage error, and every rank exits 2 together
+    (runtime/parallel_init.leave_together: none is stopped by torchrun's SIGTERM meanwhile)."""
+
+    def error(self, message):
+        from megatron_ponder.runtime.parallel_init import leave_together
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        leave_together()
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="megatron_ponder.pretrain",
         description="Pretrain a GPT that ponders (PonderLM) or thinks in latent thoughts (PonderLM-2) on Megatron-Core.",
     )
