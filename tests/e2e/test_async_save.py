@@ -39,6 +39,7 @@ def _pretrain(argv):
     return main([str(a) for a in argv])
 
 
+@pytest.mark.slow
 def test_async_saves_and_resume_equal_sync_saves(tmp_path):
     """One process: sync saves to 6; async saves with a stop at 4, resumed with --async-save to 6."""
     sync, run = tmp_path / "sync", tmp_path / "async"
