@@ -11,6 +11,8 @@ EVAL = ["lm-eval>=0.4.9,<0.5"]
 # transformers 5.8 - 5.12 are the NeMo containers' (Megatron-Bridge caps it at 5.12.1); CI tests
 # the remote code at 5.8.0 and at the newest 5.x (docs/hf_generation.md).
 HF = ["transformers>=5.8,<6", "safetensors>=0.4.3", "gguf>=0.10", "accelerate>=1.0"]
+# --wandb-project (training/run_logger.py): wandb.init / log / finish only.
+WANDB = ["wandb>=0.19"]
 
 setup(
     name="megatron_ponder",
@@ -60,8 +62,11 @@ setup(
         "eval": EVAL,
         # Benchmark and reproduction plots (benchmarks/*.py write PNGs next to their tables).
         "bench": BENCH,
+        # Weights & Biases logging (--wandb-project); the test runs it in offline mode (~20 MB wheel).
+        "wandb": WANDB,
         # The suite runs every CPU-runnable feature: DALI loader (CPU pipelines), HF conversion and
-        # the lm-eval recipe, the reproduction report (draws its loss-curve PNG).
-        "test": ["pytest>=8.0", *DALI, *HF, *EVAL, *BENCH],
+        # the lm-eval recipe, the reproduction report (draws its loss-curve PNG), wandb logging
+        # (offline mode).
+        "test": ["pytest>=8.0", *DALI, *HF, *EVAL, *BENCH, *WANDB],
     },
 )

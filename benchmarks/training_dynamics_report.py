@@ -207,7 +207,7 @@ def plot_corpus(runs: List[Run], path: Path) -> None:
     norms.legend(fontsize=7, ncol=2)
     norms.grid(alpha=0.3)
     residuals.set_yscale("log")
-    residuals.set_title("latent: last Jacobi round's residual (mean squared change; 5-step mean)")
+    residuals.set_title("latent: last Jacobi round's residual (5-step mean)")
     residuals.set_xlabel("iteration")
     residuals.legend(fontsize=7)
     residuals.grid(alpha=0.3)

@@ -40,7 +40,7 @@ def train(args) -> dict:
     from megatron.core import parallel_state
 
     from megatron_ponder.training.build import build_training_state, microbatch_stream, prepare_data
-    from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
+    from megatron_ponder.training.checkpointing import AsyncSaves, load_checkpoint, save_checkpoint
     from megatron_ponder.training.exit_signals import ExitConditions
     from megatron_ponder.training.flops import step_flops
     from megatron_ponder.training.grad_overlap import gather_parameters_now
@@ -49,7 +49,7 @@ def train(args) -> dict:
     from megatron_ponder.training.run_identity import prepare_resume, verify_resume
     from megatron_ponder.training.run_lock import acquire_run_lock
     from megatron_ponder.training.run_logger import RunLogger
-    from megatron_ponder.training.step import train_step
+    from megatron_ponder.training.step import NonFiniteLossError, train_step
 
     acquire_run_lock(args.save)  # refuses a second run on this --save; released at exit
     prepare_resume(args)  # --save/--load folder rules, --use-checkpoint-args
@@ -87,14 +87,27 @@ def train(args) -> dict:
         summary["valid_losses"].append((iteration, loss))
         logger.log_evaluation(iteration, loss)
 
+    async_saves = AsyncSaves() if args.async_save and args.save else None
+
+    def saved(folders):
+        for folder in folders:
+            summary["checkpoints"].append(folder)
+            print_rank0(f"saved checkpoint {folder}")
+
     def save(iteration):
         gather_parameters_now(chunks)  # --overlap-param-gather leaves the last all-gather to the next forward
         check_parameters_finite(model, iteration, last_saved)  # NaN weights never become the latest
+        if async_saves is not None:  # the previous one is finalized first
+            saved(async_saves.maybe_finalize_async_calls(blocking=True))
         folder = save_checkpoint(args.save, iteration, model, optimizer, scheduler, stream.consumed_samples,
                                  run_args, args.use_distributed_optimizer, save_optimizer=not args.no_save_optim,
-                                 keep_last=args.keep_last_checkpoints)
-        summary["checkpoints"].append(folder)
-        print_rank0(f"saved checkpoint {folder}")
+                                 keep_last=args.keep_last_checkpoints, async_saves=async_saves)
+        saved([folder] if folder else [])
+
+    def finish_saves():
+        """--async-save: wait until the save in flight is complete on every rank and the pointer names it."""
+        if async_saves is not None:
+            saved(async_saves.maybe_finalize_async_calls(blocking=True))
 
     if start_iteration == 0 and args.eval_iters > 0:
         evaluate(0)
@@ -102,41 +115,54 @@ def train(args) -> dict:
     done = start_iteration
     skips = SkipLimit(args.nan_skip_limit)
     exit_conditions = ExitConditions(args.exit_signal_handler, args.exit_duration_in_mins, _STARTED)
-    for iteration in range(start_iteration, args.train_iters):
-        started = time.perf_counter()
-        result = train_step(chunks, optimizer, stream.next_step(), args.micro_batch_size, args.seq_length,
-                            iteration, nan_policy=args.nan_policy)
-        if not result.skipped:
-            scheduler.step(increment=args.global_batch_size)
-        done = iteration + 1
-        skips.record(done, result.skipped)
-        flops = step_flops(config, args.seq_length, args.global_batch_size, args.vocab_size, result.jacobi_rounds)
-        summary["train_losses"].append((done, result.loss))
-        logger.log_step(done, result, optimizer.param_groups[0]["lr"], time.perf_counter() - started,
-                        flops, stream.consumed_samples)
-        exiting = bool(args.exit_interval) and done % args.exit_interval == 0
-        if args.save and (exiting or (args.save_interval and done % args.save_interval == 0)):
-            save(done)
-            last_saved = done
-        if exiting:
-            print_rank0(f"exiting at iteration {done} (--exit-interval {args.exit_interval})")
-            logger.close()
-            return summary
-        stop = exit_conditions.reason()  # SIGTERM/SIGINT or --exit-duration-in-mins, agreed by all ranks
-        if stop:
-            if args.save and last_saved != done:
+    try:
+        for iteration in range(start_iteration, args.train_iters):
+            started = time.perf_counter()
+            result = train_step(chunks, optimizer, stream.next_step(), args.micro_batch_size, args.seq_length,
+                                iteration, nan_policy=args.nan_policy)
+            if not result.skipped:
+                scheduler.step(increment=args.global_batch_size)
+            done = iteration + 1
+            skips.record(done, result.skipped)
+            flops = step_flops(config, args.seq_length, args.global_batch_size, args.vocab_size, result.jacobi_rounds)
+            summary["train_losses"].append((done, result.loss))
+            logger.log_step(done, result, optimizer.param_groups[0]["lr"], time.perf_counter() - started,
+                            flops, stream.consumed_samples)
+            if async_saves is not None:
+                saved(async_saves.maybe_finalize_async_calls(blocking=False))
+            exiting = bool(args.exit_interval) and done % args.exit_interval == 0
+            if args.save and (exiting or (args.save_interval and done % args.save_interval == 0)):
                 save(done)
-            where = f"saved iteration {done} in {args.save}, resume with --load {args.save}" if args.save \
-                else "no --save: nothing saved"
-            print_rank0(f"{stop}: stopping after iteration {done} ({where})")
-            logger.close()
-            return summary
-        if args.eval_iters and args.eval_interval and done % args.eval_interval == 0 and done != args.train_iters:
+                last_saved = done
+            if exiting:
+                finish_saves()
+                print_rank0(f"exiting at iteration {done} (--exit-interval {args.exit_interval})")
+                logger.close()
+                return summary
+            stop = exit_conditions.reason()  # SIGTERM/SIGINT or --exit-duration-in-mins, agreed by all ranks
+            if stop:
+                if args.save and last_saved != done:
+                    save(done)
+                finish_saves()
+                where = f"saved iteration {done} in {args.save}, resume with --load {args.save}" if args.save \
+                    else "no --save: nothing saved"
+                print_rank0(f"{stop}: stopping after iteration {done} ({where})")
+                logger.close()
+                return summary
+            if args.eval_iters and args.eval_interval and done % args.eval_interval == 0 and done != args.train_iters:
+                evaluate(done)
+        if args.eval_iters:
             evaluate(done)
-    if args.eval_iters:
-        evaluate(done)
-    if args.save and last_saved != done:
-        save(done)
+        if args.save and last_saved != done:
+            save(done)
+        finish_saves()
+    except NonFiniteLossError:  # every rank stops here (agreed): the last good save still completes
+        finish_saves()
+        raise
+    except BaseException:  # a failure of some ranks only: no collectives, the writer is stopped
+        if async_saves is not None:
+            async_saves.abort()
+        raise
     logger.close()
     return summary
 
@@ -150,7 +176,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_ponder.config import PonderConfigError
     from megatron_ponder.data.errors import DataError
     from megatron_ponder.sequence_layout import ContextParallelLayoutError
-    from megatron_ponder.runtime.parallel_init import initialize_parallel, shutdown_parallel
+    from megatron_ponder.runtime.parallel_init import initialize_parallel, leave_together, shutdown_parallel
     from megatron_ponder.training.arguments import ArgumentError, describe, finalize_args, parse_args
     from megatron_ponder.training.checkpointing import CheckpointError
     from megatron_ponder.training.run_lock import release_run_locks
@@ -174,10 +200,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = train(args)
     except user_errors as error:
         # Every rank raises the same error (deterministic checks, or agreed: rank_agreement);
-        # one copy is enough.
+        # one copy is enough, and every rank exits 2 (none is stopped by torchrun meanwhile).
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr,
                   flush=True)
+        leave_together()
         return 2
     except KeyboardInterrupt:
         if int(os.environ.get("RANK", "0")) == 0:

@@ -108,6 +108,25 @@ def gpt_dataset_window(dataset, index: int) -> np.ndarray:
     return dataset._query_document_sample_shuffle_indices(index)[0]
 
 
+# ---------------------------------------------------------------------------------- checkpoints
+def async_checkpoint_request(sharded_state_dict: Dict[str, Any], checkpoint_dir: str):
+    """``dist_checkpointing.save(..., async_sharded_save=True)``: the AsyncRequest of ``--async-save``.
+
+    Everything but the shard write (planning, and up to 0.18 ``common.pt``) runs now, on all ranks;
+    the caller schedules the request on Megatron-Core's own
+    ``strategies.async_utils.AsyncCallsQueue``, which is in every supported release.
+    """
+    from megatron.core import dist_checkpointing
+
+    kwargs = {"async_sharded_save": True}
+    if _accepts(dist_checkpointing.save, "async_strategy"):
+        # 0.17: gained async_strategy, default "nvrx" (needs nvidia-resiliency-ext, whose requests
+        # go on its own queue); "mcore" is the writer and AsyncRequest of async_utils, the only
+        # one in 0.16 and what Megatron-LM's --async-strategy mcore picks.
+        kwargs["async_strategy"] = "mcore"
+    return dist_checkpointing.save(sharded_state_dict, checkpoint_dir, **kwargs)
+
+
 # ---------------------------------------------------------------------------------- configs
 def _cuda_graph_layer_field(config_class) -> str:
     names = {field.name for field in fields(config_class)}
@@ -171,9 +190,15 @@ def quiet_inapplicable_notices() -> None:
     # 0.19: importing the schedules imports the MIMO model package, whose config says it is
     # experimental; the plugin does not use it.
     warnings.filterwarnings("ignore", message="MimoModelConfig is experimental", category=UserWarning)
-    # 0.19: the synchronous checkpoint save runs the async path with its deprecated "mcore"
-    # strategy and warns about async saving, which the plugin does not use.
+    # 0.19: the checkpoint save (synchronous, and --async-save, see async_checkpoint_request) runs
+    # Megatron-Core's own "mcore" async writer, which that release marks deprecated in favour of
+    # nvidia-resiliency-ext's (0.17's async_strategy); the plugin does not depend on the latter.
     _filter_notice("megatron.core.dist_checkpointing.strategies.torch", "MCore's async save is deprecated")
+    # 0.16: a failed shard write is logged by the writer process ("Local process N encountered an
+    # error: <error>") and reported again, with the same error, in the run's one CheckpointError
+    # line. From 0.17 the writer threads log "Local worker N ..." and pass on only the error's
+    # type: that line carries the cause and stays.
+    _filter_notice("megatron.core.dist_checkpointing.strategies.filesystem_async", "Local process ")
     # PyPI's torch for Python 3.12 (the `cpu` extra there) is a CUDA build; on a machine without
     # CUDA, Megatron's import of torch.utils.cpp_extension logs that no CUDA runtime was found.
     _filter_notice("torch.utils.cpp_extension", "No CUDA runtime is found")

@@ -4,13 +4,16 @@
 ``torch.distributed`` from torchrun's environment (or as a world of one), applies the CPU
 runtime when there is no GPU, builds Megatron's TP/PP/CP/DP groups and seeds the
 model-parallel RNG tracker; :func:`shutdown_parallel` ends a run on every rank together;
-:func:`print_rank0` prints once per job. :func:`configure_pipeline_p2p` adapts the schedules'
-p2p settings to the backend.
+:func:`print_rank0` prints once per job; :func:`leave_together` makes every rank of a failed
+job exit with the same code. :func:`configure_pipeline_p2p` adapts the schedules' p2p settings
+to the backend.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from datetime import timedelta
 
 import torch
@@ -47,9 +50,11 @@ def initialize_parallel(
         port = int(os.environ.get("MASTER_PORT") or _free_port())
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        global _STORE
+        _STORE = _store_for_this_attempt(host, port, rank, world_size, timedelta(minutes=timeout_minutes))
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
-            store=_store_for_this_attempt(host, port, rank, world_size, timedelta(minutes=timeout_minutes)),
+            store=_STORE,
             rank=rank,
             world_size=world_size,
             timeout=timedelta(minutes=timeout_minutes),
@@ -97,6 +102,39 @@ def shutdown_parallel() -> None:
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     dist.destroy_process_group()
+
+
+_STORE = None  # the rendezvous store of this process's group (initialize_parallel)
+
+
+def leave_together(timeout_s: float = 120.0) -> None:
+    """Before a failed job's ranks exit with one code: every rank waits until all have got here.
+
+    Under torchrun the agent stops the other workers with SIGTERM as soon as the first one exits
+    non-zero, so a rank still starting (importing, rendezvous) would die of the signal (exit
+    -15) instead of exiting with the error's code. Each rank here ignores SIGTERM from now on (the
+    agent kills with SIGKILL 30 s after its SIGTERM anyway) and meets the others at a barrier on
+    the rendezvous store, which exists before the process group does (flag errors come first),
+    for at most ``timeout_s``. Use only for errors that every rank raises (deterministic checks,
+    or shared: training/rank_agreement.py). A world of one returns at once.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        store = _STORE
+        if store is None:
+            rank = int(os.environ.get("RANK", "0"))
+            store = _store_for_this_attempt(os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                                            int(os.environ["MASTER_PORT"]), rank, world_size,
+                                            timedelta(seconds=timeout_s))
+        store.add("leave_together", 1)
+        deadline = time.monotonic() + timeout_s
+        while store.add("leave_together", 0) < world_size and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except (RuntimeError, KeyError, ValueError, OSError):  # no store to meet at: leave alone
+        pass
 
 
 def _store_for_this_attempt(host: str, port: int, rank: int, world_size: int, timeout: timedelta):

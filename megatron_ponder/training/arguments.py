@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
@@ -73,8 +74,22 @@ def upgrade_saved_args(saved: Dict[str, Any]) -> Dict[str, Any]:
     return upgraded
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse; under torchrun only rank 0 prints a usage error, and every rank exits 2 together
+    (runtime/parallel_init.leave_together: none is stopped by torchrun's SIGTERM meanwhile)."""
+
+    def error(self, message):
+        from megatron_ponder.runtime.parallel_init import leave_together
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            self.print_usage(sys.stderr)
+            print(f"{self.prog}: error: {message}", file=sys.stderr, flush=True)
+        leave_together()
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="megatron_ponder.pretrain",
         description="Pretrain a GPT that ponders (PonderLM) or thinks in latent thoughts (PonderLM-2) on Megatron-Core.",
     )
@@ -438,7 +453,8 @@ def add_robustness_args(parser: argparse.ArgumentParser) -> None:
     resume.add_argument("--ckpt-format", choices=["torch_dist"], default="torch_dist",
                         help="checkpoint format (only Megatron's torch_dist; it reshards on load)")
     resume.add_argument("--async-save", action="store_true",
-                        help="write checkpoints in the background (dist_checkpointing async, torch_dist)")
+                        help="write checkpoints in a background process while training goes on (Megatron-Core's "
+                             "dist_checkpointing async save); the latest pointer moves once every rank has written")
     resume.add_argument("--keep-last-checkpoints", type=int, default=None, metavar="N",
                         help="after each save, delete all but the newest N iter_* folders")
     resume.add_argument("--exit-signal-handler", action="store_true",

@@ -27,8 +27,29 @@ CHECKPOINT_FAILURES = (Exception, CheckpointException)
 
 
 def _first_line(error: BaseException) -> str:
+    error = _rank_failure(error)
     text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0][:200]}" if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    first = text.splitlines()[0]
+    if isinstance(error, RuntimeError) and first.startswith(_WRITER_FAILURE):
+        return first[len(_WRITER_FAILURE):][:200]  # the writer's own error (its type is lost in transit)
+    return f"{type(error).__name__}: {first[:200]}"
+
+
+# Megatron's shard writer reports the error of its writing process as RuntimeError("Worker failure: <error>").
+_WRITER_FAILURE = "Worker failure: "
+
+
+def _rank_failure(error: BaseException) -> BaseException:
+    """The first failed rank's own exception inside torch's CheckpointException (whose first line
+    only lists the failed ranks), and the writer's error inside Megatron's wrapper when it is there."""
+    if isinstance(error, CheckpointException) and error.failures:
+        failure = next(iter(error.failures.values()))
+        error = failure[0] if isinstance(failure, tuple) else failure
+    if isinstance(error, RuntimeError) and str(error).startswith(_WRITER_FAILURE) and error.__cause__:
+        error = error.__cause__
+    return error
 
 
 def damaged_file(folder: str) -> Optional[str]:
@@ -70,13 +91,13 @@ def damaged_file(folder: str) -> Optional[str]:
 
 
 def _disk_full(error: BaseException, folder: str) -> bool:
-    seen = error
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
-            return True
-        if "No space left" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
+    for seen in (error, _rank_failure(error)):
+        while seen is not None:
+            if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+                return True
+            if "No space left" in str(seen):
+                return True
+            seen = seen.__cause__ or seen.__context__
     try:  # the zip writer reports a short write as "unexpected pos" without errno
         return shutil.disk_usage(folder).free < 64 * 2**20
     except OSError:

@@ -15,16 +15,24 @@ The pointer file is replaced atomically (write a temporary file, then ``os.repla
 every rank has finished writing, so a crash or SIGKILL in the middle of a save leaves the
 pointer on the previous, complete checkpoint. Tensors are saved as global shards, so a run can
 resume with different tensor/pipeline/data-parallel sizes.
+
+``--async-save`` (:class:`AsyncSaves`) writes the shards in a background process while training
+goes on; the pointer, the retention of ``--keep-last-checkpoints`` and Megatron's own
+completion files (``.metadata``, ``metadata.json``) are written by the finalization, which runs
+only after every rank's writer has finished.
 """
 
 from __future__ import annotations
 
+import builtins
+import errno
 import os
 import shutil
 import signal
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -49,9 +57,18 @@ class ResumeState:
     rng_restored: bool = False
 
 
+def _fault_armed(name: str, iteration: int) -> bool:
+    return os.environ.get("PONDER_FAULT_INJECT") == f"{name}:{iteration}"
+
+
 def _fault_injection_point(name: str, iteration: int) -> None:
-    """Tests of crash safety set PONDER_FAULT_INJECT=<name>:<iteration> to SIGKILL the run here."""
-    if os.environ.get("PONDER_FAULT_INJECT") == f"{name}:{iteration}":
+    """Tests of crash safety set PONDER_FAULT_INJECT=<name>:<iteration> to SIGKILL the run here.
+
+    Points: ``after-shards-before-pointer`` (every rank has written, the pointer not yet moved;
+    sync and async saves), ``async-save-in-flight`` (an async save just handed to its writer).
+    ``async-write-fails`` makes the async writer's file writes fail (see :func:`_background_write`).
+    """
+    if _fault_armed(name, iteration):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -128,14 +145,20 @@ def save_checkpoint(
     distributed_optimizer: bool,
     save_optimizer: bool = True,
     keep_last: Optional[int] = None,
-) -> str:
+    async_saves: Optional["AsyncSaves"] = None,
+) -> Optional[str]:
     """Write ``root/iter_N`` on all ranks, then move the pointer. Returns the folder.
 
     ``save_optimizer=False`` (``--no-save-optim``) writes weights, iteration, data position and
     generators only. ``keep_last``: afterwards delete all but the newest ``keep_last`` folders.
+    With ``async_saves`` (``--async-save``) the shards are written in the background and None is
+    returned: the pointer and the retention follow in ``async_saves.maybe_finalize_async_calls``,
+    which returns the folder once it is complete on every rank.
     """
     from megatron_ponder.training.rng_state import rng_sharded_object
 
+    if async_saves is not None:
+        async_saves.maybe_finalize_async_calls(blocking=True)  # one save in flight at a time
     folder = _fresh_folder(root, iteration)
     model_state = model.sharded_state_dict()
     state = {
@@ -150,12 +173,110 @@ def save_checkpoint(
         state["scheduler"] = scheduler.state_dict()
     else:
         state["weights_only"] = True
-    _save_or_explain(state, folder)
-    _fault_injection_point("after-shards-before-pointer", iteration)
-    _point_latest_at(root, iteration)
+    completion = [partial(_fault_injection_point, "after-shards-before-pointer", iteration),
+                  partial(_point_latest_at, root, iteration)]
     if keep_last:
-        delete_old_checkpoints(root, keep_last)
+        completion.append(partial(delete_old_checkpoints, root, keep_last))
+    if async_saves is not None:
+        async_saves.schedule(state, folder, iteration, completion)
+        return None
+    _save_or_explain(state, folder)
+    for step in completion:
+        step()
     return folder
+
+
+def _background_write(write: Callable, fail: bool, *args, **kwargs) -> None:
+    """The shard writer of ``--async-save``, in the process Megatron forks for it.
+
+    Ctrl-C reaches the whole foreground process group; the writer ignores it and the training
+    process decides (its signal handler lets the write finish; an interrupt stops the writer).
+    ``fail`` (PONDER_FAULT_INJECT=async-write-fails:N): opening a shard file raises an I/O error
+    inside Megatron's writer (this forked process only), as a failing disk would.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if fail:
+        real_open = builtins.open
+
+        def failing_open(file, *open_args, **open_kwargs):
+            if str(file).endswith(".distcp"):
+                raise OSError(errno.EIO, os.strerror(errno.EIO), str(file))
+            return real_open(file, *open_args, **open_kwargs)
+
+        builtins.open = failing_open
+    write(*args, **kwargs)
+
+
+class AsyncSaves:
+    """``--async-save``: Megatron-Core's ``AsyncCallsQueue`` with one-line errors (all ranks).
+
+    :func:`save_checkpoint` plans the save on all ranks (``dist_checkpointing.save`` with
+    ``async_sharded_save=True``) and schedules the returned AsyncRequest; Megatron's default
+    caller forks a process that writes the shards while training goes on. It writes a snapshot:
+    GPU tensors are copied to host memory before the fork, CPU tensors are the fork's
+    copy-on-write pages. :meth:`maybe_finalize_async_calls` is a collective while a save is in
+    flight (none otherwise): once every rank's writer has finished it runs the request's
+    finalization on all ranks, Megatron's (the global ``.metadata``, ``metadata.json``) and then
+    ours (the pointer, retention). A kill before that leaves the pointer on the previous
+    checkpoint; a failed write is the same one-line :class:`CheckpointError` as a synchronous one.
+    """
+
+    def __init__(self) -> None:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self._queue = AsyncCallsQueue(persistent=False)
+        self.pending: Optional[str] = None  # the folder being written
+
+    def schedule(self, state: Dict[str, Any], folder: str, iteration: int, completion: List[Callable]) -> None:
+        from megatron_ponder.runtime.megatron_compat import async_checkpoint_request
+        from megatron_ponder.training.rank_agreement import agree_any_error
+
+        request, message = None, None
+        try:
+            request = async_checkpoint_request(state, folder)
+        except CHECKPOINT_FAILURES as error:
+            message = write_failure(folder, error)
+        message = agree_any_error(message)
+        if message:
+            raise CheckpointError(message)
+        for step in completion:
+            request.add_finalize_fn(step)
+        if request.async_fn is not None:  # None: nothing to write on this rank
+            fail = _fault_armed("async-write-fails", iteration)
+            request = request._replace(async_fn=partial(_background_write, request.async_fn, fail))
+        self._queue.schedule_async_request(request)
+        self.pending = folder
+        _fault_injection_point("async-save-in-flight", iteration)
+
+    def maybe_finalize_async_calls(self, blocking: bool = False) -> List[str]:
+        """Finalize the save in flight if every rank has written it (``blocking``: wait for that).
+
+        Returns the folders finalized now; all ranks return the same. A collective while a save
+        is in flight.
+        """
+        from megatron_ponder.training.rank_agreement import agree_any_error
+
+        if self.pending is None:
+            return []
+        try:
+            finalized = self._queue.maybe_finalize_async_calls(blocking=blocking)
+        except CHECKPOINT_FAILURES as error:  # raised on every rank; rank 0's names the cause
+            folder, self.pending = self.pending, None
+            raise CheckpointError(agree_any_error(write_failure(folder, error))) from None
+        if not finalized:
+            return []
+        folder, self.pending = self.pending, None
+        return [folder]
+
+    def abort(self) -> None:
+        """Stop the writer without finalizing (a failure on some ranks only: no collectives)."""
+        for call in self._queue.async_calls:
+            process = getattr(call.async_caller, "process", None)
+            if process is not None and process.is_alive():
+                process.kill()
+                process.join()
+        self._queue.async_calls.clear()
+        self.pending = None
 
 
 def _fresh_folder(root: str, iteration: int) -> str:

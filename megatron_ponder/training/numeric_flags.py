@@ -86,13 +86,8 @@ def check_numeric_flags(args, error_type) -> None:
             raise error_type(f"{flag_name(dest)} must be in {allowed.describe()}, got {value:g}")
     if args.min_lr > args.lr:
         raise error_type(f"--min-lr {args.min_lr:g} is above --lr {args.lr:g}: lower --min-lr")
-    if args.async_save:
-        # dist_checkpointing's async save runs on CPU (a world of one, tested by hand), but the
-        # training loop does not yet finalize it before moving the latest pointer.
-        raise error_type("--async-save is not supported by megatron_ponder yet: drop it (saves are synchronous; "
-                         "the pointer moves only after every rank has written)")
     if args.wandb_project and importlib.util.find_spec("wandb") is None:
-        raise error_type("--wandb-project needs wandb: pip install wandb (or drop the flag)")
+        raise error_type("--wandb-project needs wandb: pip install wandb (the `wandb` extra), or drop the flag")
     cap_dali_workers(args)
 
 

@@ -88,7 +88,6 @@ NUMERIC = [
     (["--keep-last-checkpoints", "0"], "--keep-last-checkpoints"),
     (["--lr", "1e-3", "--min-lr", "1e-2"], "--min-lr 0.01 is above --lr 0.001"),
     (["--ckpt-format", "torch"], "--ckpt-format: invalid choice"),
-    (["--async-save"], "--async-save is not supported"),
 ]
 
 
@@ -259,6 +258,19 @@ def test_full_disk_names_the_cause_and_keeps_the_previous_checkpoint(capfd, run_
         assert {k: v for k, v in after.items() if not k.startswith("iter_0000003")} == before
     finally:
         subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def test_failed_async_write_names_the_cause_and_keeps_the_previous_checkpoint(capfd, run_copy, monkeypatch):
+    """--async-save: the background writer's shard files fail to open (fault injection); the
+    finalization reports it like a synchronous save, and the pointer stays on iteration 2."""
+    before = snapshot(run_copy)
+    monkeypatch.setenv("PONDER_FAULT_INJECT", "async-write-fails:3")
+    code = _pretrain(["--mock-data", "--train-iters", "3", *TINY, "--save", run_copy, "--load", run_copy,
+                      "--override-opt_param-scheduler", "--async-save"])
+    assert_one_error_line(capfd, code, "cannot write checkpoint", "iter_0000003", "Input/output error",
+                          "the latest pointer still names the previous checkpoint")
+    after = snapshot(run_copy)
+    assert {k: v for k, v in after.items() if not k.startswith("iter_0000003")} == before
 
 
 @pytest.mark.parametrize("argv,fragment", [

@@ -1,5 +1,6 @@
 """Bad input stops the entry point with one line `error: ...` (exit code 2), never a traceback."""
 
+import re
 import subprocess
 import sys
 
@@ -33,10 +34,21 @@ def _single_process(args, timeout=300):
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
 
-def _assert_one_line_error(done, *fragments, under_torchrun=False):
-    if under_torchrun:  # torchrun exits 1 and prints its own summary; the workers exited 2
-        assert done.returncode != 0 and "exitcode  : 2" in done.stderr, done.stderr[-2000:]
-        assert "[rank0]: Traceback" not in done.stderr and "site-packages/megatron" not in done.stderr
+def _assert_one_line_error(done, *fragments, under_torchrun=False, nproc=2):
+    if under_torchrun:
+        # Every worker exits 2 (none is stopped by torchrun's SIGTERM); the workers print one line
+        # (rank 0), then the agent adds what it always prints for a failed worker: a log line or
+        # two, its ChildFailedError traceback (frames of torch/distributed only) and a summary
+        # naming each rank's exit code. torchrun itself exits 1.
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert done.stderr.count("exitcode  : 2 ") == nproc and "Signal 15" not in done.stderr, done.stderr[-3000:]
+        lines = done.stderr.splitlines()
+        assert lines[0].startswith("error:"), done.stderr[-3000:]
+        agent = lines[1:]
+        assert agent and re.match(r"[WEI]\d{4} ", agent[0]), done.stderr[-3000:]  # torchrun's log format
+        frames = [line for line in agent if line.lstrip().startswith('File "')]
+        assert all("torch/distributed" in line or "<frozen runpy>" in line for line in frames), frames
+        assert "ChildFailedError" in done.stderr and "[rank" not in done.stderr
     else:
         assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
         assert "Traceback" not in done.stderr
@@ -92,3 +104,15 @@ def test_sequence_length_that_splits_token_groups():
                         ["--mock-data", "--tensor-model-parallel-size", "2", "--sequence-parallel", "--seq-length", "33"],
                         check=False)
     _assert_one_line_error(done, "--seq-length 33", "whole tokens", under_torchrun=True)
+
+
+def test_bad_numeric_flag_under_torchrun():
+    """Found before the process group exists: the ranks meet on torchrun's store, then exit 2."""
+    done = run_torchrun("-m megatron_ponder.pretrain", 2, ["--mock-data", "--micro-batch-size", "0"], check=False)
+    _assert_one_line_error(done, "--micro-batch-size must be in [1, inf), got 0", under_torchrun=True)
+
+
+def test_data_error_under_torchrun(corpus):
+    """Found after the process group exists (data set-up): one line, both ranks exit 2."""
+    done = run_torchrun("-m megatron_ponder.pretrain", 2, _data_args(corpus) + ["--vocab-size", "64"], check=False)
+    _assert_one_line_error(done, "64", under_torchrun=True)

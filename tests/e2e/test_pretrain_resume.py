@@ -2,7 +2,6 @@
 in the middle of a save leaves the previous checkpoint loadable, resuming with another layout
 works."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,6 +9,7 @@ import time
 
 import pytest
 
+from support.metrics import train_losses
 from support.torchrun import run_torchrun, child_env, torchrun_command
 
 PRETRAIN = "-m megatron_ponder.pretrain"
@@ -18,16 +18,6 @@ BASE = [
     "--lr-warmup-iters", "2", "--eval-iters", "0", "--log-interval", "1", "--ponder-mode", "latent",
     "--jacobi-train-rounds", "1,3",
 ]
-
-
-def train_losses(metrics_file):
-    """iteration -> loss of the last record for it (a resumed run rewrites the iterations it redoes)."""
-    losses = {}
-    for line in open(metrics_file):
-        record = json.loads(line)
-        if record["kind"] == "train":
-            losses[record["iteration"]] = record["loss"]
-    return losses
 
 
 @pytest.fixture(scope="module")

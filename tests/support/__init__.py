@@ -6,6 +6,7 @@ pyproject.toml), and :func:`support.torchrun.child_env` does the same for child 
 * :mod:`support.tiny_models`: tiny PonderGPTModels, the reference copy of their weights, and
   the method/recompute variants the tests parametrise (``MODE_FIELDS``, ``RECOMPUTE_FIELDS``).
 * :mod:`support.torchrun`: launch a script or module under torchrun from a test.
+* :mod:`support.metrics`: the losses of a run's ``--metrics-file``.
 * :mod:`support.worker`: the frame of every torchrun worker (warnings, results, shutdown).
 * :mod:`support.planning_shapes`: the tiny models as the planner sees them.
 * :mod:`support.saved_tensor_probe`: peak bytes saved for backward.
