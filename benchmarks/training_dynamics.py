@@ -20,7 +20,9 @@ validation loss among that method's finished 300-step runs so far:
 3. ``warmup``: the best so far with 60 warm-up steps;
 4. ``scale``: the best so far with the alternative input-embedding scale (ponder: sqrt(h)
    instead of 1; latent: 1 instead of its default 1/init-method-std);
-5. ``long``: the best setting per method at 4x the steps (1200), to see whether the order holds.
+5. ``relr``: where the best so far has the papers' init, its neighbouring learning rates of stage 1
+   again (stage 1 chose the LR with Megatron's init);
+6. ``long``: the best setting per method at 4x the steps (1200), to see whether the order holds.
 
 Every run is one process with one thread; ``--jobs`` runs run side by side (default 2, one per
 core). A run whose folder holds a finished run of the same command is not run again, so the
@@ -66,7 +68,7 @@ LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 LONG_WARMUP = 60
 # The alternative input-embedding scale per mode (None: that mode has no alternative studied).
 ALTERNATIVE_SCALE = {"none": None, "ponder": math.sqrt(HIDDEN), "latent": 1.0}
-STAGES = ("lr", "init", "warmup", "scale", "long")
+STAGES = ("lr", "init", "warmup", "scale", "relr", "long")
 PROSE_GLOB = "/usr/share/doc/python3*/html/_sources"
 
 
@@ -163,6 +165,11 @@ def stage_settings(stage: str, out: Path, done: List[Setting], corpora: List[str
                 runs.append(replace(top, warmup=LONG_WARMUP))
             elif stage == "scale" and ALTERNATIVE_SCALE[mode] is not None:
                 runs.append(replace(top, scale=ALTERNATIVE_SCALE[mode]))
+            elif stage == "relr" and top.init != "megatron":
+                # The LR was chosen with Megatron's init: with the papers' init, try its neighbours again.
+                index = LEARNING_RATES.index(top.lr)
+                runs += [replace(top, lr=LEARNING_RATES[i]) for i in (index - 1, index + 1)
+                         if 0 <= i < len(LEARNING_RATES)]
             elif stage == "long":
                 runs.append(replace(top, iters=args.long_iters))
     return [run for run in runs if run not in done]
