@@ -22,7 +22,8 @@ validation loss among that method's finished 300-step runs so far:
    instead of 1; latent: 1 instead of its default 1/init-method-std);
 5. ``relr``: where the best so far has the papers' init, its neighbouring learning rates of stage 1
    again (stage 1 chose the LR with Megatron's init);
-6. ``long``: the best setting per method at 4x the steps (1200), to see whether the order holds.
+6. ``defaults``: the main job's per-mode settings (``DEFAULTS``, chosen from the above) on every corpus;
+7. ``long``: the best setting per method at 4x the steps (1200), to see whether the order holds.
 
 Every run is one process with one thread; ``--jobs`` runs run side by side (default 2, one per
 core). A run whose folder holds a finished run of the same command is not run again, so the
@@ -68,7 +69,14 @@ LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 LONG_WARMUP = 60
 # The alternative input-embedding scale per mode (None: that mode has no alternative studied).
 ALTERNATIVE_SCALE = {"none": None, "ponder": math.sqrt(HIDDEN), "latent": 1.0}
-STAGES = ("lr", "init", "warmup", "scale", "relr", "long")
+STAGES = ("lr", "init", "warmup", "scale", "relr", "defaults", "long")
+# What the main job (examples/pretrain_ponder_gpt.sh) uses per mode, chosen from the stages above on
+# both corpora (docs/training_dynamics.md); the ``defaults`` stage runs each on every corpus.
+DEFAULTS = {
+    "none": dict(lr=3e-3, init="ponderlm", warmup=60),
+    "ponder": dict(lr=1e-3, init="ponderlm", warmup=60),
+    "latent": dict(lr=3e-3, init="ponderlm", warmup=60),
+}
 PROSE_GLOB = "/usr/share/doc/python3*/html/_sources"
 
 
@@ -157,6 +165,9 @@ def stage_settings(stage: str, out: Path, done: List[Setting], corpora: List[str
         for mode in MODES:
             if stage == "lr":
                 runs += [Setting(corpus, mode, lr, iters=args.train_iters) for lr in LEARNING_RATES]
+                continue
+            if stage == "defaults":
+                runs.append(Setting(corpus, mode, iters=args.train_iters, **DEFAULTS[mode]))
                 continue
             top = best(out, done, corpus, mode)
             if stage == "init":

@@ -188,6 +188,8 @@ def _schedule_flags(parser: argparse.ArgumentParser) -> None:
     batch.add_argument("--min-lr", type=float, default=3e-4)
     batch.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine"], default="cosine")
     batch.add_argument("--lr-warmup-iters", type=int, default=None, help="default: min(20, decay iters / 5)")
+    batch.add_argument("--lr-warmup-fraction", type=float, default=None,
+                       help="warm-up as a fraction of --lr-decay-iters (instead of --lr-warmup-iters)")
     batch.add_argument("--lr-decay-iters", type=int, default=None, help="default: --train-iters")
     batch.add_argument("--weight-decay", type=float, default=0.1)
     batch.add_argument("--adam-beta1", type=float, default=0.9)
@@ -273,7 +275,7 @@ def apply_preset(args: argparse.Namespace) -> None:
         args.max_position_embeddings = args.seq_length
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
-    if args.lr_warmup_iters is None:
+    if args.lr_warmup_iters is None and args.lr_warmup_fraction is None:
         args.lr_warmup_iters = min(20, args.lr_decay_iters // 5)
 
 
@@ -305,12 +307,20 @@ def derive_run_sizes(args: argparse.Namespace, world_size: int) -> RunSizes:
 
 def finalize_args(args: argparse.Namespace, world_size: int) -> RunSizes:
     """:func:`validate_args`, then store the derived sizes in ``args`` (the global batch default,
-    ``data_parallel_size``, ``num_microbatches``): the one place they are written."""
+    ``data_parallel_size``, ``num_microbatches``, the warm-up steps): the one place they are written."""
     sizes = validate_args(args, world_size)
+    args.lr_warmup_iters = warmup_iters(args)
     args.global_batch_size = sizes.global_batch_size
     args.data_parallel_size = sizes.data_parallel_size
     args.num_microbatches = sizes.num_microbatches
     return sizes
+
+
+def warmup_iters(args: argparse.Namespace) -> int:
+    """--lr-warmup-iters, or --lr-warmup-fraction of --lr-decay-iters (an explicit count wins)."""
+    if args.lr_warmup_iters is not None:
+        return args.lr_warmup_iters
+    return int(args.lr_warmup_fraction * args.lr_decay_iters)
 
 
 def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
@@ -351,8 +361,8 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
         # Passes run as virtual stages of Megatron's interleaved schedule, which needs this.
         fail(f"{microbatches} microbatches per step is not a multiple of {pp} pipeline stages: "
              "adjust --global-batch-size")
-    if not 0 <= args.lr_warmup_iters < args.lr_decay_iters:
-        fail(f"--lr-warmup-iters {args.lr_warmup_iters} must be >= 0 and below --lr-decay-iters "
+    if not 0 <= warmup_iters(args) < args.lr_decay_iters:
+        fail(f"--lr-warmup-iters {warmup_iters(args)} must be >= 0 and below --lr-decay-iters "
              f"{args.lr_decay_iters}")
     if args.ponder_topk is not None and args.ponder_topk < 1:
         fail(f"--ponder-topk must be >= 1, got {args.ponder_topk}")

@@ -47,7 +47,7 @@ def script_command(tmp_path, mode, *flags, **settings):
     fake = tmp_path / "python"
     fake.write_text(RECORDER.format(python=sys.executable, out=str(recorded)))
     fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("LR", "PONDER_MODE", "INIT_STYLE", "LR_WARMUP_ITERS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("LR", "PONDER_MODE", "INIT_STYLE", "LR_WARMUP_FRACTION")}
     env.update(PYTHON=str(fake), PONDER_MODE=mode, LOCAL_RANK="0", RANK="1", RUN_DIR=str(tmp_path / "run"), **settings)
     subprocess.run(["bash", str(SCRIPT), *flags], env=env, check=True, capture_output=True, text=True, timeout=60)
     return json.loads(recorded.read_text())
@@ -74,6 +74,6 @@ def test_the_main_job_passes_the_documented_defaults(tmp_path, mode):
 
 
 def test_an_explicit_setting_still_wins(tmp_path):
-    received = flag_values(script_command(tmp_path, "ponder", LR="7e-4", INIT_STYLE="megatron", LR_WARMUP_ITERS="5"))
-    assert (received["--lr"], received["--init-style"], received["--lr-warmup-iters"]) == ("7e-4", "megatron", "5")
+    received = flag_values(script_command(tmp_path, "ponder", LR="7e-4", INIT_STYLE="megatron", LR_WARMUP_FRACTION="0.1"))
+    assert (received["--lr"], received["--init-style"], received["--lr-warmup-fraction"]) == ("7e-4", "megatron", "0.1")
     assert flag_values(script_command(tmp_path, "ponder", "--lr", "2e-4"))["--lr"] == "2e-4"  # appended flags win

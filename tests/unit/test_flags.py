@@ -128,3 +128,17 @@ def test_nothing_in_the_package_imports_the_entry_point():
             if "megatron_ponder.pretrain" in names:
                 importers.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
     assert importers == []
+
+
+def test_warmup_fraction_is_of_the_decay_steps_and_an_explicit_count_wins():
+    args = parse_args(["--mock-data", "--train-iters", "300", "--lr-warmup-fraction", "0.2"])
+    finalize_args(args, world_size=1)
+    assert args.lr_warmup_iters == 60
+    args = parse_args(["--mock-data", "--train-iters", "300", "--lr-warmup-fraction", "0.2", "--lr-warmup-iters", "5"])
+    finalize_args(args, world_size=1)
+    assert args.lr_warmup_iters == 5
+    args = parse_args(["--mock-data", "--train-iters", "2", "--lr-warmup-fraction", "0.2"])
+    finalize_args(args, world_size=1)
+    assert args.lr_warmup_iters == 0  # short runs (tests, smoke) warm up for no step rather than fail
+    with pytest.raises(ArgumentError, match=r"--lr-warmup-fraction must be in \[0, 1\)"):
+        validate_args(parse_args(["--mock-data", "--lr-warmup-fraction", "1.5"]), world_size=1)
