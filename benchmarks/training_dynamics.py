@@ -74,7 +74,7 @@ STAGES = ("lr", "init", "warmup", "scale", "relr", "defaults", "long")
 # both corpora (docs/training_dynamics.md); the ``defaults`` stage runs each on every corpus.
 DEFAULTS = {
     "none": dict(lr=3e-3, init="ponderlm", warmup=60),
-    "ponder": dict(lr=3e-3, init="ponderlm", warmup=20),
+    "ponder": dict(lr=3e-3, init="ponderlm", warmup=20, scale=math.sqrt(HIDDEN)),
     "latent": dict(lr=3e-3, init="ponderlm", warmup=20),
 }
 PROSE_GLOB = "/usr/share/doc/python3*/html/_sources"

@@ -25,11 +25,14 @@
 #   GLOBAL_BATCH_SIZE=         samples per step (default: micro batch x data-parallel size)
 #   LR=                        peak learning rate (cosine decay); default per mode, below
 #   INIT_STYLE=                megatron | ponderlm (the papers' init); default per mode, below
-#   LR_WARMUP_FRACTION=        warm-up as a fraction of the steps; default per mode, below
-#                              (an appended --lr-warmup-iters N wins)
+#   INPUT_EMBEDDING_SCALE=     multiplier of E(x): a number or sqrt-hidden; default per mode, below
+#                              (empty: the mode's own, 1 for ponder/none, 1/init-std for latent)
+#   LR_WARMUP_FRACTION=        warm-up as a fraction of the steps; default per mode, below (empty:
+#                              the entry point's min(20, steps/5); an appended --lr-warmup-iters N wins)
 # Per-mode defaults, from the training-dynamics study (docs/training_dynamics.md; the table in
-# docs/training.md): none LR=3e-3, ponder LR=1e-3, latent LR=3e-3; all with INIT_STYLE=ponderlm
-# and LR_WARMUP_FRACTION=0.2 (60 of the 300 steps).
+# docs/training.md): LR=3e-3 and INIT_STYLE=ponderlm for every mode; LR_WARMUP_FRACTION=0.2
+# (60 of the 300 steps) for none, the entry point's 20 steps for ponder and latent;
+# INPUT_EMBEDDING_SCALE=sqrt-hidden for ponder.
 #   SAVE_INTERVAL=100          checkpoint every N steps
 #   PYTHON=python              interpreter that runs the entry point
 # When this script starts torchrun itself (bash form):
@@ -51,14 +54,18 @@ TRAIN_ITERS=${TRAIN_ITERS:-300}
 MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-4}
 # Per-mode defaults (docs/training_dynamics.md): the settings each method trained best with.
 case "$PONDER_MODE" in
-    none)   MODE_LR=3e-3; MODE_INIT_STYLE=ponderlm; MODE_WARMUP_FRACTION=0.2 ;;
-    ponder) MODE_LR=1e-3; MODE_INIT_STYLE=ponderlm; MODE_WARMUP_FRACTION=0.2 ;;
-    latent) MODE_LR=3e-3; MODE_INIT_STYLE=ponderlm; MODE_WARMUP_FRACTION=0.2 ;;
+    none)   MODE_LR=3e-3; MODE_INIT_STYLE=ponderlm; MODE_WARMUP_FRACTION=0.2; MODE_SCALE= ;;
+    ponder) MODE_LR=3e-3; MODE_INIT_STYLE=ponderlm; MODE_WARMUP_FRACTION=;    MODE_SCALE=sqrt-hidden ;;
+    latent) MODE_LR=3e-3; MODE_INIT_STYLE=ponderlm; MODE_WARMUP_FRACTION=;    MODE_SCALE= ;;
     *) echo "pretrain_ponder_gpt.sh: PONDER_MODE=$PONDER_MODE: use latent, ponder or none" >&2; exit 2 ;;
 esac
 LR=${LR:-$MODE_LR}
 INIT_STYLE=${INIT_STYLE:-$MODE_INIT_STYLE}
-LR_WARMUP_FRACTION=${LR_WARMUP_FRACTION:-$MODE_WARMUP_FRACTION}
+LR_WARMUP_FRACTION=${LR_WARMUP_FRACTION-$MODE_WARMUP_FRACTION}
+SCHEDULE_ARGS=()
+if [[ -n "$LR_WARMUP_FRACTION" ]]; then SCHEDULE_ARGS=(--lr-warmup-fraction "$LR_WARMUP_FRACTION"); fi
+INPUT_EMBEDDING_SCALE=${INPUT_EMBEDDING_SCALE-$MODE_SCALE}
+if [[ -n "$INPUT_EMBEDDING_SCALE" ]]; then SCHEDULE_ARGS+=(--input-embedding-scale "$INPUT_EMBEDDING_SCALE"); fi
 SAVE_INTERVAL=${SAVE_INTERVAL:-100}
 PYTHON=${PYTHON:-python}
 MAX_RESTARTS=${MAX_RESTARTS:-0}
@@ -79,7 +86,7 @@ PRETRAIN=(-m megatron_ponder.pretrain
     "${DATA_ARGS[@]}"
     "${BATCH_ARGS[@]}"
     --train-iters "$TRAIN_ITERS"
-    --lr "$LR" --lr-warmup-fraction "$LR_WARMUP_FRACTION" --init-style "$INIT_STYLE"
+    --lr "$LR" "${SCHEDULE_ARGS[@]}" --init-style "$INIT_STYLE"
     --eval-interval 100 --eval-iters 4 --log-interval 10
     --save "$RUN_DIR/checkpoints" --load "$RUN_DIR/checkpoints" --save-interval "$SAVE_INTERVAL"
     --tensorboard-dir "$RUN_DIR/tensorboard"

@@ -13,6 +13,7 @@ sizes that follow from the world size (:func:`derive_run_sizes`) into the argume
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence
@@ -26,6 +27,19 @@ from megatron_ponder.training.presets import PRESETS
 
 class ArgumentError(ValueError):
     """A command-line value the run cannot start with (message names the flag and the fix)."""
+
+
+SQRT_HIDDEN = "sqrt-hidden"
+
+
+def _input_scale(text: str):
+    """A number, or ``sqrt-hidden`` (sqrt of --hidden-size, resolved once the preset is applied)."""
+    if text == SQRT_HIDDEN:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or {SQRT_HIDDEN}, got {text!r}") from None
 
 
 def _jacobi_range(text: str):
@@ -155,8 +169,9 @@ def _method_flags(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--jacobi-eval-rounds", type=int, default=3, help="latent: J at evaluation")
     _old_spelling(method, "--jacobi-eval-iters", dest="jacobi_eval_rounds", type=int)
     method.add_argument("--jacobi-seed", type=int, default=0)
-    method.add_argument("--input-embedding-scale", type=float, default=None,
-                        help="multiplier of E(x) (default: 1/init-method-std in latent mode, else 1)")
+    method.add_argument("--input-embedding-scale", type=_input_scale, default=None, metavar="S",
+                        help="multiplier of E(x): a number or sqrt-hidden (default: 1/init-method-std in "
+                             "latent mode, else 1)")
 
 
 def _parallel_flags(parser: argparse.ArgumentParser) -> None:
@@ -273,6 +288,8 @@ def apply_preset(args: argparse.Namespace) -> None:
             setattr(args, field, value)
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length
+    if args.input_embedding_scale == SQRT_HIDDEN:
+        args.input_embedding_scale = math.sqrt(args.hidden_size)
     if args.lr_decay_iters is None:
         args.lr_decay_iters = args.train_iters
     if args.lr_warmup_iters is None and args.lr_warmup_fraction is None:

@@ -5,6 +5,7 @@ the entry point's command line instead of training, so this checks what a user's
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def script_command(tmp_path, mode, *flags, **settings):
     fake = tmp_path / "python"
     fake.write_text(RECORDER.format(python=sys.executable, out=str(recorded)))
     fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("LR", "PONDER_MODE", "INIT_STYLE", "LR_WARMUP_FRACTION")}
+    env = {k: v for k, v in os.environ.items() if k not in ("LR", "PONDER_MODE", "INIT_STYLE", "LR_WARMUP_FRACTION", "INPUT_EMBEDDING_SCALE")}
     env.update(PYTHON=str(fake), PONDER_MODE=mode, LOCAL_RANK="0", RANK="1", RUN_DIR=str(tmp_path / "run"), **settings)
     subprocess.run(["bash", str(SCRIPT), *flags], env=env, check=True, capture_output=True, text=True, timeout=60)
     return json.loads(recorded.read_text())
@@ -77,3 +78,17 @@ def test_an_explicit_setting_still_wins(tmp_path):
     received = flag_values(script_command(tmp_path, "ponder", LR="7e-4", INIT_STYLE="megatron", LR_WARMUP_FRACTION="0.1"))
     assert (received["--lr"], received["--init-style"], received["--lr-warmup-fraction"]) == ("7e-4", "megatron", "0.1")
     assert flag_values(script_command(tmp_path, "ponder", "--lr", "2e-4"))["--lr"] == "2e-4"  # appended flags win
+
+
+def test_the_study_checked_the_settings_the_doc_names():
+    """benchmarks/training_dynamics.py's ``defaults`` stage runs exactly the documented settings."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from training_dynamics import DEFAULTS
+
+    for mode, flags in documented_defaults().items():
+        studied = DEFAULTS[mode]
+        warmup = flags["--lr-warmup-fraction"]
+        assert (float(flags["--lr"]), flags["--init-style"]) == (studied["lr"], studied["init"]), mode
+        assert studied["warmup"] == (20 if warmup == "(mode default)" else round(float(warmup) * 300)), mode
+        scale = flags["--input-embedding-scale"]
+        assert studied.get("scale") == {"(mode default)": None, "sqrt-hidden": math.sqrt(128)}[scale], mode

@@ -142,3 +142,14 @@ def test_warmup_fraction_is_of_the_decay_steps_and_an_explicit_count_wins():
     assert args.lr_warmup_iters == 0  # short runs (tests, smoke) warm up for no step rather than fail
     with pytest.raises(ArgumentError, match=r"--lr-warmup-fraction must be in \[0, 1\)"):
         validate_args(parse_args(["--mock-data", "--lr-warmup-fraction", "1.5"]), world_size=1)
+
+
+def test_input_embedding_scale_takes_a_number_or_sqrt_hidden():
+    assert parse_args(["--mock-data", "--input-embedding-scale", "2.5"]).input_embedding_scale == 2.5
+    args = parse_args(["--mock-data", "--preset", "cpu-small", "--input-embedding-scale", "sqrt-hidden"])
+    assert args.input_embedding_scale == 16.0  # hidden 256
+    args = parse_args(["--mock-data", "--hidden-size", "64", "--num-attention-heads", "4",
+                       "--input-embedding-scale", "sqrt-hidden"])
+    assert args.input_embedding_scale == 8.0
+    with pytest.raises(SystemExit):
+        parse_args(["--mock-data", "--input-embedding-scale", "sqrt"])
