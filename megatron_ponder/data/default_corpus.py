@@ -83,8 +83,9 @@ def prepare_default_corpus(
     Collective under torch.distributed: rank 0 builds while the others wait, then they reuse.
     """
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    return prepare_file_corpus(work_dir, stdlib_sources(stdlib), dict(python=platform.python_version(), stdlib=str(stdlib)),
-                               vocab_size, max_bytes, valid_fraction, workers, progress)
+    identity = dict(python=platform.python_version(), stdlib=str(stdlib))
+    return prepare_file_corpus(work_dir, stdlib_sources(stdlib), identity, vocab_size, max_bytes, valid_fraction,
+                               workers, progress)
 
 
 def prepare_file_corpus(
