@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduction_report import _moving_average  # noqa: E402
 
 from megatron_ponder.training.grad_norm_watch import GradNormSpikeWatch  # noqa: E402
-from training_dynamics import MODES, Setting  # noqa: E402
+from training_dynamics import DEFAULTS, MODES, Setting  # noqa: E402
 
 SEQ_LENGTH = 128
 DEFAULT_SPIKE_FACTOR = 5.0  # --grad-norm-spike-factor's default
@@ -101,6 +101,16 @@ def best_per_mode(runs: List[Run], iters: int) -> Dict[str, Run]:
     return best
 
 
+def defaults_per_mode(runs: List[Run], iters: int) -> Dict[str, Run]:
+    """The finished runs of the main job's per-mode settings (``training_dynamics.DEFAULTS``)."""
+    found = {}
+    for run in runs:
+        s = run.setting
+        if s.iters == iters and s == Setting(s.corpus, s.mode, iters=iters, **DEFAULTS[s.mode]):
+            found[s.mode] = run
+    return found
+
+
 def corpus_markdown(corpus: str, runs: List[Run], plot_name: str) -> str:
     short = min(run.setting.iters for run in runs)
     lines = [f"## Corpus `{corpus}`", "",
@@ -128,6 +138,15 @@ def corpus_markdown(corpus: str, runs: List[Run], plot_name: str) -> str:
             run = best[mode]
             delta = run.final - best["none"].final if "none" in best else float("nan")
             lines.append(f"| {LABELS[mode]} | {_knobs(run.setting)} | {run.final:.4f} | {delta:+.3f} |")
+    defaults = defaults_per_mode(runs, short)
+    if defaults:
+        lines += ["", "The main job's per-mode defaults (`examples/pretrain_ponder_gpt.sh`), against its vanilla default:",
+                  "", "| method | setting | valid loss | vs vanilla (equal tokens) |", "|---|---|---|---|"]
+        for mode in order:
+            if mode in defaults:
+                run = defaults[mode]
+                delta = run.final - defaults["none"].final if "none" in defaults else float("nan")
+                lines.append(f"| {LABELS[mode]} | {_knobs(run.setting)} | {run.final:.4f} | {delta:+.3f} |")
     long_runs = {r.setting.mode: r for r in runs if r.setting.iters > short}
     if long_runs:
         longest = max(r.setting.iters for r in long_runs.values())
@@ -152,7 +171,8 @@ def corpus_markdown(corpus: str, runs: List[Run], plot_name: str) -> str:
 
 
 def plot_corpus(runs: List[Run], path: Path) -> None:
-    """Four panels: valid loss vs tokens (best and long runs), vs FLOPs, grad norms, Jacobi residuals."""
+    """Four panels: valid loss vs tokens (the main job's defaults, else the best run, per method; the long
+    runs), vs FLOPs, grad norms of the LR sweep, Jacobi residuals."""
     try:
         import matplotlib
     except ImportError:
@@ -161,7 +181,7 @@ def plot_corpus(runs: List[Run], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     short = min(run.setting.iters for run in runs)
-    best = best_per_mode(runs, short)
+    best = {**best_per_mode(runs, short), **defaults_per_mode(runs, short)}
     shown = list(best.values()) + [r for r in runs if r.setting.iters > short]
     color = {mode: f"C{i}" for i, mode in enumerate(MODES)}
     figure, ((by_tokens, by_flops), (norms, residuals)) = plt.subplots(2, 2, figsize=(12, 8.5))
@@ -200,7 +220,7 @@ def plot_corpus(runs: List[Run], path: Path) -> None:
         run = best["latent"]
         tail = [(r["iteration"], r["jacobi_residuals"][-1]) for r in run.train if r.get("jacobi_residuals")]
         residuals.plot([i for i, _ in tail], _moving_average([v for _, v in tail], 5), color="k", linewidth=1,
-                       label=f"best: {_knobs(run.setting)}")
+                       label=f"shown above: {_knobs(run.setting)}")
     norms.set_yscale("log")
     norms.set_title("gradient norm (LR sweep; 5-step mean)")
     norms.set_xlabel("iteration")
