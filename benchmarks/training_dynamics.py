@@ -210,8 +210,7 @@ def run_one(setting: Setting, args, out: Path, data: Dict[str, List[str]]) -> No
         status = subprocess.run([sys.executable, "-m", "megatron_ponder.pretrain", *flags, "--metrics-file", str(metrics)],
                                 env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
     seconds = time.time() - started
-    record = dict(run=setting.name, command=shown, setting=setting.__dict__, wall_seconds=seconds, exit_code=status,
-                  parameters=0, embedding_parameters=0)
+    record = dict(run=setting.name, command=shown, setting=setting.__dict__, wall_seconds=seconds, exit_code=status)
     (folder / "run.json").write_text(json.dumps(record, indent=1))
     print(f"{setting.folder}: exit {status} in {seconds:.0f} s, final valid loss {final_loss(out, setting)}", flush=True)
     if status != 0:
