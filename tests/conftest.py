@@ -4,12 +4,18 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def megatron_world_of_one():
-    """Initialise torch.distributed (gloo) and Megatron's parallel state with all sizes 1."""
+    """torch.distributed (gloo) and Megatron's parallel state with all sizes 1, initialised once
+    and again only after something shut it down: a test that runs ``pretrain.main`` in this
+    process (tests/e2e) ends with :func:`shutdown_parallel`, which destroys both."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
     from megatron_ponder.runtime.parallel_init import initialize_parallel
 
-    initialize_parallel()
+    if not (dist.is_initialized() and parallel_state.model_parallel_is_initialized()):
+        initialize_parallel()
     yield
 
 
