@@ -51,8 +51,8 @@ def randomize_(model: torch.nn.Module, seed: int, std: float = 0.3) -> None:
 
 
 def tiny_ponder_lm(arch: str, mode: str, seed: int = 0, vocab_size: int = VOCAB,
-                   max_positions: int = MAX_POSITIONS, **fields):
-    """A random PonderLMForCausalLM (eval mode) on a tiny ``arch`` backbone."""
+                   max_positions: int = MAX_POSITIONS, weight_std: float = 0.3, **fields):
+    """A random PonderLMForCausalLM (eval mode) on a tiny ``arch`` backbone (weights ``weight_std * n``)."""
     config_class, model_class = load_classes()
     defaults = {"ponder_steps": 2, "num_latent_thoughts": 1, "jacobi_eval_rounds": 2, "input_embedding_scale": 2.0}
     config = config_class(
@@ -61,7 +61,7 @@ def tiny_ponder_lm(arch: str, mode: str, seed: int = 0, vocab_size: int = VOCAB,
         **{**defaults, **fields},
     )
     model = model_class(config)
-    randomize_(model, seed)
+    randomize_(model, seed, weight_std)
     return model.eval()
 
 
