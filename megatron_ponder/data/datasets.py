@@ -159,7 +159,7 @@ def build_gpt_datasets(
     ``[seq_length]`` int64; no attention mask (the model builds the causal mask).
 
     ``num_samples`` (train, valid, test): samples to draw; Megatron repeats epochs (each one
-    reshuffled) to reach it. ``split`` (e.g. ``"969,30,1"``) divides ``data_path``'s documents;
+    reshuffled) to reach it. A part of ``split`` asked for 0 samples is not built (None). ``split`` (e.g. ``"969,30,1"``) divides ``data_path``'s documents;
     with ``valid_data_path`` the train data is all of ``data_path``, validation comes from
     ``valid_data_path`` and there is no test set. ``mock`` uses MockGPTDataset (no files).
     Index caches go under ``cache_dir`` (default: next to the first dataset), in a
@@ -194,6 +194,12 @@ def build_gpt_datasets(
         eod_mask_loss=False,
         create_attention_mask=False,
     )
+    if config.split_matrix is not None:
+        # A part asked for no samples (the test part, validation at --eval-iters 0) is not built:
+        # Megatron would count epochs of it until it holds one token, forever when the part has
+        # no document (969,30,1 leaves the test part empty below 500 documents).
+        config.split_matrix = [None if size == 0 else bounds
+                               for bounds, size in zip(config.split_matrix, sizes, strict=True)]
     builder = BlendedMegatronDatasetBuilder(
         cls, sizes, is_built_on_rank or (lambda: True), config
     )

@@ -116,7 +116,8 @@ def read_failure(folder: str, error: BaseException) -> str:
 def write_failure(folder: str, error: BaseException) -> str:
     """The one-line message for a checkpoint that failed to save (the pointer stays put)."""
     if _disk_full(error, folder):
-        free = shutil.disk_usage(folder).free if os.path.exists(folder) else 0
+        probe = folder if os.path.exists(folder) else os.path.dirname(folder)  # a file not yet written
+        free = shutil.disk_usage(probe).free if os.path.exists(probe) else 0
         cause = f"No space left on device ({free / 2**20:.0f} MiB free)"
     else:
         cause = _first_line(error)

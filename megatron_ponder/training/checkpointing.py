@@ -66,7 +66,8 @@ def _fault_injection_point(name: str, iteration: int) -> None:
 
     Points: ``after-shards-before-pointer`` (every rank has written, the pointer not yet moved;
     sync and async saves), ``async-save-in-flight`` (an async save just handed to its writer).
-    ``async-write-fails`` makes the async writer's file writes fail (see :func:`_background_write`).
+    ``async-write-fails`` makes the async writer's file writes fail (see :func:`_background_write`),
+    ``pointer-write-fails`` rank 0's pointer write (see :func:`_point_latest_at`).
     """
     if _fault_armed(name, iteration):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -260,6 +261,9 @@ class AsyncSaves:
             return []
         try:
             finalized = self._queue.maybe_finalize_async_calls(blocking=blocking)
+        except CheckpointError:  # a completion step (the pointer) failed: already one line, on every rank
+            self.pending = None
+            raise
         except CHECKPOINT_FAILURES as error:  # raised on every rank; rank 0's names the cause
             folder, self.pending = self.pending, None
             raise CheckpointError(agree_any_error(write_failure(folder, error))) from None
@@ -279,13 +283,35 @@ class AsyncSaves:
         self.pending = None
 
 
+def _on_rank0_for_all(path: str, write: Callable[[], None]) -> None:
+    """Rank 0 runs ``write``; every rank then raises the same CheckpointError if it failed there.
+
+    Why: a rank-0-only write that fails (full disk, permissions) must not leave the other ranks
+    waiting at the next collective until the timeout. Rank 0's outcome is broadcast instead of a
+    barrier, so all ranks stop together with the line that names ``path`` and the cause.
+    """
+    from megatron_ponder.training.rank_agreement import agree_on_error
+
+    message = None
+    if dist.get_rank() == 0:
+        try:
+            write()
+        except OSError as error:
+            message = write_failure(path, error)
+    message = agree_on_error(message)
+    if message:
+        raise CheckpointError(message)
+
+
 def _fresh_folder(root: str, iteration: int) -> str:
     folder = checkpoint_dir(root, iteration)
-    if dist.get_rank() == 0:
+
+    def make() -> None:
         if os.path.exists(folder):  # a partial save from a crashed run: start clean
             shutil.rmtree(folder)
         os.makedirs(folder)
-    dist.barrier()
+
+    _on_rank0_for_all(folder, make)
     return folder
 
 
@@ -325,16 +351,28 @@ def read_common_state(folder: str) -> Dict[str, Any]:
 
 
 def _point_latest_at(root: str, iteration: int) -> None:
-    """Atomically make ``root``'s pointer name ``iteration`` (rank 0 writes; all ranks wait)."""
-    if dist.get_rank() == 0:
-        pointer = os.path.join(root, LATEST_FILE)
+    """Atomically make ``root``'s pointer name ``iteration`` (rank 0 writes; all ranks wait).
+
+    ``PONDER_FAULT_INJECT=pointer-write-fails:N``: rank 0's write raises "No space left on device".
+    """
+    pointer = os.path.join(root, LATEST_FILE)
+
+    def write() -> None:
         temporary = pointer + ".tmp"
-        with open(temporary, "w") as handle:
-            handle.write(str(iteration))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, pointer)
-    dist.barrier()
+        try:
+            with open(temporary, "w") as handle:
+                if _fault_armed("pointer-write-fails", iteration):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), temporary)
+                handle.write(str(iteration))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, pointer)
+        except OSError:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+
+    _on_rank0_for_all(pointer, write)
 
 
 def save_weights_checkpoint(root: str, model, run_args: Dict[str, Any], iteration: int = 0) -> str:

@@ -116,3 +116,19 @@ def test_data_error_under_torchrun(corpus):
     """Found after the process group exists (data set-up): one line, both ranks exit 2."""
     done = run_torchrun("-m megatron_ponder.pretrain", 2, _data_args(corpus) + ["--vocab-size", "64"], check=False)
     _assert_one_line_error(done, "64", under_torchrun=True)
+
+
+@pytest.mark.parametrize("save_mode", [[], ["--async-save"]], ids=["sync", "async"])
+def test_pointer_write_failing_on_rank_0_stops_every_rank(corpus, tmp_path, save_mode):
+    """Only rank 0 writes the latest pointer: when that fails (a full disk, injected at iteration
+    4), rank 1 must not wait at the next collective until the timeout. Both ranks exit 2 at once
+    with rank 0's line, and the pointer still names iteration 2."""
+    save = tmp_path / "ckpt"
+    args = _data_args(corpus) + ["--micro-batch-size", "2", "--global-batch-size", "4", "--train-iters", "6",
+                                 "--eval-iters", "0", "--save", save, "--save-interval", "2", *save_mode]
+    done = run_torchrun("-m megatron_ponder.pretrain", 2, args, check=False, timeout=240,
+                        env=child_env(PONDER_FAULT_INJECT="pointer-write-fails:4"))
+    _assert_one_line_error(done, "latest_checkpointed_iteration.txt", "No space left on device",
+                           "still names the previous checkpoint", under_torchrun=True)
+    assert (save / "latest_checkpointed_iteration.txt").read_text() == "2"
+    assert not (save / "latest_checkpointed_iteration.txt.tmp").exists()

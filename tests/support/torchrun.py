@@ -53,6 +53,16 @@ def run_torchrun(target, nproc: int, args: Sequence[str], timeout: int = 600, ch
                                    start_new_session=True)
         try:
             returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # torchrun starts each worker in its own session, out of reach of the killpg below:
+            # SIGTERM lets the agent stop them (SIGKILL 30 s later), so a hung test leaves no
+            # worker spinning through the rest of the suite.
+            process.terminate()
+            try:
+                process.wait(timeout=45)
+            except subprocess.TimeoutExpired:
+                pass
+            raise
         finally:
             try:
                 os.killpg(process.pid, signal.SIGKILL)

@@ -277,6 +277,29 @@ def test_build_gpt_datasets_blends_and_separate_validation(megatron_world_of_one
         build_gpt_datasets([str(tmp_path / "missing")], "1,0,0", 16, 1, tokenizer, (32, 0, 0))
 
 
+def test_split_parts_asked_for_no_samples_are_not_built(megatron_world_of_one, tmp_path):
+    """40 documents at 969,30,1: the test part holds none. Asked for 0 samples, Megatron would
+    count its epochs forever (a run of the entry point hung there); it is not built at all."""
+    import signal
+
+    from support.indexed_documents import write_random_documents
+
+    prefix = write_random_documents(str(tmp_path / "small"), 40, 64)
+
+    def too_long(*_):
+        raise TimeoutError("building the datasets did not finish in 60 s")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(60)
+    try:
+        train, valid, test = build_gpt_datasets([prefix], "969,30,1", 16, 1, NullTokenizer(64), (32, 0, 0),
+                                                cache_dir=str(tmp_path / "cache"))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert len(train) >= 32 and valid is None and test is None
+
+
 def test_build_mock_gpt_datasets(megatron_world_of_one):
     train, _, _ = build_gpt_datasets(None, "1,0,0", 8, 1, NullTokenizer(64), (16, 0, 0),
                                      mock=True)
