@@ -159,9 +159,10 @@ def build_gpt_datasets(
     ``[seq_length]`` int64; no attention mask (the model builds the causal mask).
 
     ``num_samples`` (train, valid, test): samples to draw; Megatron repeats epochs (each one
-    reshuffled) to reach it. A part of ``split`` asked for 0 samples is not built (None). ``split`` (e.g. ``"969,30,1"``) divides ``data_path``'s documents;
-    with ``valid_data_path`` the train data is all of ``data_path``, validation comes from
-    ``valid_data_path`` and there is no test set. ``mock`` uses MockGPTDataset (no files).
+    reshuffled) to reach it; a part of ``split`` asked for 0 samples is not built (None).
+    ``split`` (e.g. ``"969,30,1"``) divides ``data_path``'s documents; with ``valid_data_path``
+    the train data is all of ``data_path``, validation comes from ``valid_data_path`` and there
+    is no test set. ``mock`` uses MockGPTDataset (no files).
     Index caches go under ``cache_dir`` (default: next to the first dataset), in a
     sub-directory named by a hash of the .idx files, so a rebuilt dataset never reuses stale
     sample indices (Megatron's own cache key holds only the path). ``is_built_on_rank``
