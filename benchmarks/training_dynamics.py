@@ -23,7 +23,8 @@ validation loss among that method's finished 300-step runs so far:
 5. ``relr``: where the best so far has the papers' init, its neighbouring learning rates of stage 1
    again (stage 1 chose the LR with Megatron's init);
 6. ``defaults``: the main job's per-mode settings (``DEFAULTS``, chosen from the above) on every corpus;
-7. ``long``: the best setting per method at 4x the steps (1200), to see whether the order holds.
+7. ``long``: the best setting per method at 4x the steps (1200), to see whether the order holds;
+8. ``long-defaults``: the main job's defaults (``DEFAULTS``) at 4x the steps, needing no earlier stage.
 
 Every run is one process with one thread; ``--jobs`` runs run side by side (default 2, one per
 core). A run whose folder holds a finished run of the same command is not run again, so the
@@ -69,7 +70,7 @@ LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 LONG_WARMUP = 60
 # The alternative input-embedding scale per mode (None: that mode has no alternative studied).
 ALTERNATIVE_SCALE = {"none": None, "ponder": math.sqrt(HIDDEN), "latent": 1.0}
-STAGES = ("lr", "init", "warmup", "scale", "relr", "defaults", "long")
+STAGES = ("lr", "init", "warmup", "scale", "relr", "defaults", "long", "long-defaults")
 # What the main job (examples/pretrain_ponder_gpt.sh) uses per mode, chosen from the stages above on
 # both corpora (docs/training_dynamics.md); the ``defaults`` stage runs each on every corpus.
 DEFAULTS = {
@@ -166,8 +167,9 @@ def stage_settings(stage: str, out: Path, done: List[Setting], corpora: List[str
             if stage == "lr":
                 runs += [Setting(corpus, mode, lr, iters=args.train_iters) for lr in LEARNING_RATES]
                 continue
-            if stage == "defaults":
-                runs.append(Setting(corpus, mode, iters=args.train_iters, **DEFAULTS[mode]))
+            if stage in ("defaults", "long-defaults"):
+                iters = args.train_iters if stage == "defaults" else args.long_iters
+                runs.append(Setting(corpus, mode, iters=iters, **DEFAULTS[mode]))
                 continue
             top = best(out, done, corpus, mode)
             if stage == "init":
@@ -234,7 +236,11 @@ def main(argv=None):
     started = time.time()
     for stage in STAGES:
         if stage not in args.stages:
-            done += stage_settings(stage, out, done, args.corpora, args) if stage != "long" else []
+            if stage not in ("long", "long-defaults"):
+                try:
+                    done += stage_settings(stage, out, done, args.corpora, args)
+                except RuntimeError:  # its input stage has not run, so neither has it
+                    pass
             continue
         runs = stage_settings(stage, out, done, args.corpora, args)
         # Longest first, so that the pool's last runs are short ones.
