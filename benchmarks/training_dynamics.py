@@ -150,12 +150,16 @@ def final_loss(out: Path, setting: Setting) -> Optional[float]:
     return done[-1]["loss"] if done else None
 
 
+class NoFinishedRun(RuntimeError):
+    """A stage needs the best earlier run of a corpus and method, and none has finished."""
+
+
 def best(out: Path, settings: List[Setting], corpus: str, mode: str) -> Setting:
     """The finished 300-step setting of this corpus and mode with the lowest final validation loss."""
     scored = [(final_loss(out, s), s) for s in settings if s.corpus == corpus and s.mode == mode]
     scored = [(loss, s) for loss, s in scored if loss is not None and math.isfinite(loss)]
     if not scored:
-        raise RuntimeError(f"no finished {mode} run on {corpus}: run the earlier stages first")
+        raise NoFinishedRun(f"no finished {mode} run on {corpus}: run the earlier stages first")
     return min(scored, key=lambda item: item[0])[1]
 
 
@@ -239,7 +243,7 @@ def main(argv=None):
             if stage not in ("long", "long-defaults"):
                 try:
                     done += stage_settings(stage, out, done, args.corpora, args)
-                except RuntimeError:  # its input stage has not run, so neither has it
+                except NoFinishedRun:  # its input stage has not run, so neither has it
                     pass
             continue
         runs = stage_settings(stage, out, done, args.corpora, args)
