@@ -234,7 +234,7 @@ def main(argv=None):
     parser.add_argument("--eval-interval", type=int, default=50, help="of the 300-step runs (long runs: scaled)")
     parser.add_argument("--eval-iters", type=int, default=12)
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the command a finished run is matched by holds paths under it
     data = {corpus: data_flags(corpus, out) for corpus in args.corpora}
     done: List[Setting] = []
     started = time.time()
