@@ -1,7 +1,20 @@
-"""Shared fixtures: Megatron-Core initialised as a world of one on CPU (gloo); one intra-op thread."""
+"""Shared fixtures: Megatron-Core initialised as a world of one on CPU (gloo); one intra-op thread.
+
+On a GPU machine the CPU suite still runs on the CPU (support/cuda_visibility.py): CUDA is
+hidden unless pytest was asked for tests/gpu alone.
+"""
+
+from pathlib import Path
 
 import pytest
 import torch
+
+from support.cuda_visibility import hide_cuda_unless_only_gpu_tests
+
+
+def pytest_configure(config):
+    # Before collection: tests/gpu's skip conditions and every later import see the choice.
+    hide_cuda_unless_only_gpu_tests(config.args, Path(config.invocation_params.dir))
 
 
 @pytest.fixture

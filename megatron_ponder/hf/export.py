@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from megatron_ponder.hf import require
+from megatron_ponder.hf import build_conversion_model, require
 from megatron_ponder.hf.configs import hf_config_from_args, model_shape
 from megatron_ponder.hf.weight_mapping import hf_output_layer_key, megatron_to_hf
 
@@ -77,9 +77,6 @@ def load_single_process_model(load_dir: str, iteration: Optional[int] = None) ->
     """
     from megatron.core import dist_checkpointing
 
-    from megatron_ponder.training.build import build_model
-    from megatron_ponder.training.model_config import model_config
-
     folder = resolve_checkpoint(load_dir, iteration)
     args = checkpoint_args(folder)
     # One process holds the whole model; layout-only flags of the training run do not apply.
@@ -87,13 +84,9 @@ def load_single_process_model(load_dir: str, iteration: Optional[int] = None) ->
     args.sequence_parallel = False
     args.bf16 = False
     args.recompute_granularity = None
-    # Local layers in fp32 on any machine: the weight maps read the local spec's names, and
-    # torch_dist checkpoints are interchangeable between it and the TE spec (Megatron's local
-    # spec maps its norm keys onto TE's fused-norm names).
-    args.transformer_impl, args.fp8 = "local", None
     from megatron_ponder.training.checkpoint_errors import CHECKPOINT_FAILURES, read_failure
 
-    model = build_model(args, model_config(args))
+    model = build_conversion_model(args)
     try:
         loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, folder)
     except CHECKPOINT_FAILURES as error:  # a damaged shard or metadata: name the file

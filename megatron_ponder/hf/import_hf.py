@@ -21,7 +21,7 @@ from typing import List, Optional
 
 import torch
 
-from megatron_ponder.hf import require
+from megatron_ponder.hf import build_conversion_model, require
 from megatron_ponder.hf.configs import (
     ConversionError,
     flags_to_argv,
@@ -66,9 +66,7 @@ def import_hf_model(
 
     from megatron_ponder.runtime.parallel_init import initialize_parallel
     from megatron_ponder.training.arguments import parse_args, validate_args
-    from megatron_ponder.training.build import build_model
     from megatron_ponder.training.checkpointing import save_weights_checkpoint
-    from megatron_ponder.training.model_config import model_config
     from megatron_ponder.training.run_identity import check_import_target
 
     check_import_target(save_dir)
@@ -91,11 +89,7 @@ def import_hf_model(
         tokenizer.save_pretrained(tokenizer_dir)
         args.tokenizer_type, args.tokenizer_model = "HuggingFaceTokenizer", tokenizer_dir
         args.mock_data = False
-    # Local layers in fp32 on any machine: the weight maps read the local spec's names, and
-    # torch_dist checkpoints are interchangeable between it and the TE spec (Megatron's local
-    # spec maps its norm keys onto TE's fused-norm names).
-    args.transformer_impl, args.fp8 = "local", None
-    model = build_model(args, model_config(args))
+    model = build_conversion_model(args)
 
     weights = hf_to_megatron(hf_model.state_dict(), model_shape(args))
     expected = {k for k in model.state_dict() if not k.endswith("_extra_state")}

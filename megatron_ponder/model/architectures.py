@@ -18,7 +18,7 @@ from megatron.core import parallel_state
 from megatron_ponder.config import PonderConfig
 from megatron_ponder.model.paper_init import INIT_STYLES, paper_init_fields
 from megatron_ponder.model.ponder_gpt import PonderGPTModel
-from megatron_ponder.model.specs import get_block_spec
+from megatron_ponder.model.specs import get_block_spec, resolve_transformer_impl
 
 
 def tanh_gelu(x):
@@ -128,6 +128,10 @@ def build_ponder_gpt(
         share_embeddings_and_output_weights = chosen.share_embeddings_and_output_weights
     if rotary_percent is None:
         rotary_percent = chosen.rotary_percent
+    # The config names the layers really built (TransformerConfig's meaning of the field; its
+    # default says transformer_engine whatever is built): the model reads it to refuse masks that
+    # TE's causal attention would drop (specs.check_attention_mask_supported).
+    config.transformer_impl = resolve_transformer_impl(transformer_impl)
     return PonderGPTModel(
         config,
         get_block_spec(config, vp_stage=vp_stage, transformer_impl=transformer_impl,

@@ -45,10 +45,16 @@ class _AllGatherSequence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
+        """grad [cp, s_local, ...] -> this rank's slice summed over ranks [s_local, ...]."""
         grad = grad.contiguous()
-        # gloo has no reduce_scatter: all-reduce, then keep this rank's slice.
-        dist.all_reduce(grad, group=ctx.group)
-        return grad[dist.get_rank(ctx.group)], None
+        if dist.get_backend(ctx.group) == dist.Backend.GLOO:
+            # gloo has no reduce_scatter: all-reduce the whole gathered gradient, keep our slice.
+            dist.all_reduce(grad, group=ctx.group)
+            return grad[dist.get_rank(ctx.group)], None
+        # NCCL: each rank receives only its own slice (1/cp of the all-reduce's traffic and output).
+        local = torch.empty_like(grad[0])
+        dist.reduce_scatter_tensor(local, grad.flatten(0, 1), group=ctx.group)
+        return local, None
 
 
 def _to_global_order(gathered: Tensor) -> Tensor:

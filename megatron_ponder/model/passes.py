@@ -179,9 +179,10 @@ def jacobi_residual(previous: Tensor, updated: Tensor) -> Tensor:
     return (updated.detach() - previous.detach()).float().pow(2).mean()
 
 
-def stack_residuals(residuals: Sequence[Tensor]) -> Tensor:
-    """The residuals of a step's rounds as one detached fp32 tensor [J] (empty for J = 0)."""
-    return torch.stack(list(residuals)) if residuals else torch.zeros(0)
+def stack_residuals(residuals: Sequence[Tensor], device: torch.device) -> Tensor:
+    """The residuals of a step's rounds as one detached fp32 tensor [J] on ``device`` (the
+    model's: the loss report meets the losses there); empty for J = 0."""
+    return torch.stack(list(residuals)) if residuals else torch.zeros(0, device=device)
 
 
 class SlotLayouts:

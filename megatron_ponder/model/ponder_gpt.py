@@ -38,6 +38,7 @@ from megatron_ponder.model.passes import (
     plan_for_config,
     stack_residuals,
 )
+from megatron_ponder.model.specs import check_attention_mask_supported
 from megatron_ponder.model.vocab_mixing import (
     probability_weighted_embedding,
     vocab_parallel_softmax,
@@ -54,6 +55,12 @@ class PonderGPTModel(GPTModel):
             raise TypeError("PonderGPTModel needs a PonderConfig (got a plain TransformerConfig)")
         super().__init__(config, *args, **kwargs)
         add_feedback_embedding(self)
+        if config.fp8 and config.ponder_mode == "ponder" and config.ponder_fp8_mixing:
+            # The mixing weight's FP8 copy, refreshed by Megatron's first-microbatch signal like
+            # TE's own layers (a submodule, so set_is_first_microbatch finds it). Imports TE.
+            from megatron_ponder.model.fp8_mixing import FP8WeightCache
+
+            self.fp8_mixing_weight_cache = FP8WeightCache()
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -89,6 +96,7 @@ class PonderGPTModel(GPTModel):
                 ``output_processor``, ``output_processor_context``), passed on in mode ``none``.
         """
         mode = self.config.ponder_mode
+        check_attention_mask_supported(self.config, attention_mask)
         if self.config.sequence_parallel and self.pre_process:
             # Megatron's scatter would fail deep inside with a shape error; say what is wrong.
             check_sequence_layout(
@@ -110,7 +118,7 @@ class PonderGPTModel(GPTModel):
                 padding_mask=padding_mask,
                 **newer_gpt_kwargs,
             )
-            return (output, stack_residuals([])) if return_jacobi_residuals else output
+            return (output, stack_residuals([], output.device)) if return_jacobi_residuals else output
         unsupported = {
             "decoder_input": decoder_input,
             "inference_context": inference_context or inference_params,
@@ -159,7 +167,7 @@ class PonderGPTModel(GPTModel):
                 first_stage_input(p, token_inputs, state), *layouts(p.slots_per_token)
             )
             if p.kind is PassKind.FINAL:
-                return self.output_logits(final_hidden(p, output), runtime_gather_output), stack_residuals(residuals)
+                return self.output_logits(final_hidden(p, output), runtime_gather_output), stack_residuals(residuals, output.device)
             feedback = pass_feedback(p, output, carried_state(p, state), self)
             if p.kind is PassKind.JACOBI_ROUND:
                 residuals.append(jacobi_residual(state, feedback))
@@ -176,16 +184,22 @@ class PonderGPTModel(GPTModel):
     def rotary_for_positions(self, position_ids: Tensor) -> Optional[Tensor]:
         """RoPE table for explicit (possibly repeated) positions, or None without RoPE.
 
+        No host synchronisation: the table covers the model's ``max_sequence_length`` (slot
+        positions are token positions, so they stay below it) and is gathered per sample, whatever
+        the positions are. With ``apply_rope_fusion`` the table is the first sample's: TE's fused
+        RoPE kernel takes one table per batch ([s, 1, 1, d]), and the samples of a batch share
+        their positions (the data layer gives every sample 0..L-1).
+
         Args:
             position_ids: [b, s] positions of the s slots.
 
         Returns:
-            [s, 1, 1, d] when every sequence of the batch has the same positions, else [s, b, 1, d].
+            [s, b, 1, d], or [s, 1, 1, d] with ``apply_rope_fusion``.
         """
         if self.position_embedding_type != "rope":
             return None
-        table = self.rotary_pos_emb.get_emb(int(position_ids.max()) + 1)  # [P, 1, 1, d]
-        if bool((position_ids == position_ids[:1]).all()):
+        table = self.rotary_pos_emb.get_emb(self.max_sequence_length)  # [P, 1, 1, d]
+        if self.config.apply_rope_fusion:
             return table[position_ids[0]]
         return table[position_ids.t()].squeeze(2)  # [s, b, 1, 1, d] -> [s, b, 1, d]
 
@@ -261,7 +275,8 @@ class PonderGPTModel(GPTModel):
             )
             fp8_format = config.fp8 if config.ponder_fp8_mixing else None
             mixture = probability_weighted_embedding(
-                probs, weight, tp_group, config.sequence_parallel, fp8_format=fp8_format
+                probs, weight, tp_group, config.sequence_parallel, fp8_format=fp8_format,
+                fp8_weight_cache=getattr(self, "fp8_mixing_weight_cache", None),
             )
         scale = config.input_embedding_scale
         return mixture if scale == 1.0 else mixture * scale

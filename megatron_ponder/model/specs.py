@@ -68,8 +68,11 @@ class SequenceParallelTorchNorm:
                 f"normalization={config.normalization!r} is not supported by the local spec; "
                 f"use one of {sorted(norm_classes)}"
             )
+        # Placed by Megatron's rule for its own layers: on the current GPU unless
+        # use_cpu_initialization (a model half on the CPU would fail at its first forward).
+        device = "cpu" if config.use_cpu_initialization else torch.cuda.current_device()
         norm = norm_classes[config.normalization](
-            normalized_shape=hidden_size, eps=eps, dtype=config.params_dtype
+            normalized_shape=hidden_size, eps=eps, dtype=config.params_dtype, device=device
         )
         for param in norm.parameters():
             param.sequence_parallel = config.sequence_parallel
@@ -137,6 +140,21 @@ def get_transformer_engine_block_spec(
         layer_specs=[layer_spec] * get_num_layers_to_build(config, vp_stage=vp_stage),
         layer_norm=TENorm,
     )
+
+
+def check_attention_mask_supported(config: TransformerConfig, attention_mask: Optional[torch.Tensor]) -> None:
+    """Refuse an attention mask that the layers would silently ignore.
+
+    The Transformer Engine spec is built with ``attn_mask_type=causal`` (Megatron's GPT spec),
+    and TE's attention ignores ``attention_mask`` under a causal mask type: a document or padding
+    mask would be dropped without a word. The local spec applies the mask.
+    """
+    if attention_mask is not None and config.transformer_impl == "transformer_engine":
+        raise ValueError(
+            "the Transformer Engine layer spec attends causally and would ignore attention_mask: "
+            "pass attention_mask=None, or build with transformer_impl='local' "
+            "(--transformer-impl local) to apply the mask"
+        )
 
 
 def resolve_transformer_impl(transformer_impl: str = "auto") -> str:

@@ -89,6 +89,7 @@ def probability_weighted_embedding(
     tp_group: Optional[dist.ProcessGroup],
     sequence_parallel: bool,
     fp8_format: Optional[str] = None,
+    fp8_weight_cache=None,
 ) -> Tensor:
     """``probs @ E`` summed over the vocabulary shards of all tensor-parallel ranks.
 
@@ -99,6 +100,8 @@ def probability_weighted_embedding(
         sequence_parallel: return this rank's sequence shard [s/tp, b, h] instead of [s, b, h].
         fp8_format: ``e4m3`` or ``hybrid``: the local GEMM runs in Transformer Engine FP8
             (:func:`megatron_ponder.model.fp8_mixing.fp8_mixing_matmul`); None: embedding dtype.
+        fp8_weight_cache: the model's ``FP8WeightCache`` (FP8 only): the embedding quantised
+            once per step instead of once per call.
 
     Returns:
         [s, b, h] (or [s/tp, b, h] under sequence parallelism) in the embedding's dtype.
@@ -106,7 +109,7 @@ def probability_weighted_embedding(
     if fp8_format is not None:
         from megatron_ponder.model.fp8_mixing import fp8_mixing_matmul  # imports TE: GPU only
 
-        partial = fp8_mixing_matmul(probs, embedding_weight, fp8_format)
+        partial = fp8_mixing_matmul(probs, embedding_weight, fp8_format, fp8_weight_cache)
     else:
         partial = torch.matmul(probs.to(embedding_weight.dtype), embedding_weight)
     return _sum_partial_mixtures(partial, tp_group, sequence_parallel)

@@ -36,8 +36,9 @@ def split_batch_for_context_parallel(
         return batch
     if batch.get("attention_mask") is not None:
         raise ContextParallelLayoutError(
-            "context parallelism on the local spec supports causal attention only: pass "
-            "attention_mask=None (document masks need the Transformer Engine spec)"
+            "context parallelism supports causal attention only: pass attention_mask=None "
+            "(a document mask under context parallelism is not supported: set "
+            "--context-parallel-size 1 to apply it)"
         )
     length = batch["tokens"].size(1)
     check_sequence_layout(length, 1, False, cp_size)

@@ -92,11 +92,11 @@ class StepMemo:
             self.residuals.setdefault(microbatch, []).append(jacobi_residual(self.sent[microbatch], feedback))
         self.sent[microbatch] = feedback.detach()
 
-    def finish(self, microbatch: int) -> Tensor:
-        """Forget the microbatch; its Jacobi residuals [J] (last stage)."""
+    def finish(self, microbatch: int, device: torch.device) -> Tensor:
+        """Forget the microbatch; its Jacobi residuals [J] on ``device`` (last stage)."""
         self.layouts.pop(microbatch, None)
         self.sent.pop(microbatch, None)
-        return stack_residuals(self.residuals.pop(microbatch, []))
+        return stack_residuals(self.residuals.pop(microbatch, []), device)
 
 
 class PassChunk(torch.nn.Module):
@@ -118,6 +118,19 @@ class PassChunk(torch.nn.Module):
         self.input_tensor: Optional[Tensor] = None
         self.microbatch = 0
         self.message_blocks = message_blocks(plan)
+
+    def set_is_first_microbatch(self) -> None:
+        """Megatron's schedule calls this when the chunk starts its first microbatch of a step.
+
+        Transformer Engine's FP8 layers re-quantise their weights only on a call flagged "first
+        microbatch" and reuse that FP8 copy for the rest of the step; without this hook the
+        schedule's call would stop at the chunk and, after the first step, every pass would run
+        on the FP8 weights of step 1. All passes share one set of weights, which change only at
+        the optimizer step, so passing on the call of pass 0 (the stage's first chunk to run)
+        re-quantises once per step.
+        """
+        if self.spec.index == 0:
+            self.ddp_model.set_is_first_microbatch()
 
     def set_input_tensor(self, input_tensor) -> None:
         self.input_tensor = input_tensor[0] if isinstance(input_tensor, (list, tuple)) else input_tensor
@@ -159,7 +172,7 @@ class PassChunk(torch.nn.Module):
         if not model.post_process:
             return _pad_to(torch.cat([output, self._pack(carried, output)]), message_length)
         if spec.kind is PassKind.FINAL:
-            residuals = self.memo.finish(microbatch)
+            residuals = self.memo.finish(microbatch, output.device)
             logits = model.output_logits(final_hidden(spec, output))
             if labels is None:
                 result = logits.transpose(0, 1).contiguous()

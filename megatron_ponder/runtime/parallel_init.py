@@ -19,6 +19,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from megatron_ponder.runtime.transformer_engine import select_local_device
+
 
 def initialize_parallel(
     tensor_model_parallel_size: int = 1,
@@ -49,7 +51,7 @@ def initialize_parallel(
         host = os.environ.get("MASTER_ADDR", "127.0.0.1")
         port = int(os.environ.get("MASTER_PORT") or _free_port())
         if use_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            select_local_device()
         global _STORE
         _STORE = _store_for_this_attempt(host, port, rank, world_size, timedelta(minutes=timeout_minutes))
         dist.init_process_group(

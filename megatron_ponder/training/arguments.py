@@ -21,6 +21,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 import torch
 
 from megatron_ponder.sequence_layout import check_sequence_layout
+from megatron_ponder.training.fusions import FUSION_FLAGS
 from megatron_ponder.training.numeric_flags import check_numeric_flags
 from megatron_ponder.training.presets import PRESETS
 
@@ -223,7 +224,7 @@ def _precision_flags(parser: argparse.ArgumentParser) -> None:
                                 "or hybrid (E4M3 forward, E5M2 gradients)")
     precision.add_argument("--fp8-recipe", choices=["delayed", "tensorwise", "mxfp8", "blockwise"], default="delayed",
                            help="FP8 scaling of the transformer layers: delayed (amax history), tensorwise "
-                                "(current per-tensor), mxfp8 or blockwise (Blackwell / newer TE)")
+                                "(current per-tensor), blockwise (Hopper+, CUDA 12.9+) or mxfp8 (Blackwell)")
     precision.add_argument("--fp8-amax-history-len", type=int, default=1024, help="delayed recipe: amax history")
     precision.add_argument("--transformer-impl", choices=["auto", "local", "transformer_engine"], default="auto",
                            help="layer implementation: auto = Transformer Engine when CUDA and TE are present, "
@@ -232,6 +233,12 @@ def _precision_flags(parser: argparse.ArgumentParser) -> None:
                            help="core attention of the local layer spec: sdpa = torch's fused "
                                 "scaled_dot_product_attention (no s x s probabilities kept), unfused = "
                                 "Megatron's DotProductAttention (the TE spec always uses TE's attention)")
+    precision.add_argument("--use-cpu-initialization", action="store_true",
+                           help="build the weights on the CPU (default: on the GPU when there is one)")
+    # Megatron-LM's fusion flags: on by default where the kernel exists (training/fusions.py).
+    for field, flag in FUSION_FLAGS.items():
+        precision.add_argument(flag, dest=field, action="store_false",
+                               help=f"turn off {field} (default: on when its kernel is present)")
     precision.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
     precision.add_argument("--recompute-method", choices=["uniform", "block"], default="uniform")
     precision.add_argument("--recompute-num-layers", type=int, default=1)
@@ -431,14 +438,14 @@ def _check_precision(args: argparse.Namespace, fail) -> None:
             fail("--fp8-format needs the Transformer Engine layers: drop --transformer-impl local")
         if not args.bf16:
             fail("--fp8-format needs --bf16 (FP8 GEMMs run inside a BF16 model)")
-        # Fail here rather than deep inside TE's first GEMM: FP8 tensor cores are Ada/Hopper
-        # (sm_89 / sm_90) and newer; MXFP8 block scaling is Blackwell (sm_100) and newer.
+        # Fail here rather than deep inside TE's first GEMM.
         if torch.cuda.is_available():
-            capability = torch.cuda.get_device_capability()
-            needed = (10, 0) if args.fp8_recipe == "mxfp8" else (8, 9)
-            if capability < needed:
-                fail(f"--fp8-format with --fp8-recipe {args.fp8_recipe} needs compute capability "
-                     f"{needed[0]}.{needed[1]}+, this GPU has {capability[0]}.{capability[1]}: drop --fp8-format")
+            from megatron_ponder.runtime.transformer_engine import fp8_recipe_unsupported_reason
+
+            reason = fp8_recipe_unsupported_reason(args.fp8_recipe, torch.cuda.get_device_name(),
+                                                   torch.cuda.get_device_capability(), torch.version.cuda)
+            if reason is not None:
+                fail(reason)
     if args.fp8_amax_history_len < 1:
         fail(f"--fp8-amax-history-len must be >= 1, got {args.fp8_amax_history_len}")
 

@@ -31,14 +31,19 @@ def _derived_fields(args: argparse.Namespace) -> Dict[str, Any]:
     """The fields that do not come from a flag of their own name."""
     from megatron_ponder.model.architectures import tanh_gelu
     from megatron_ponder.model.specs import resolve_transformer_impl
+    from megatron_ponder.training.fusions import FUSION_FLAGS, fusions_with_kernels
 
+    transformer_impl = resolve_transformer_impl(args.transformer_impl)
+    # Runs saved before a flag existed lack it: those defaults (fusions asked for, GPU init).
+    requested_fusions = {field: getattr(args, field, True) for field in FUSION_FLAGS}
     derived: Dict[str, Any] = dict(
         layernorm_epsilon=args.norm_epsilon,  # Megatron-LM spells the flag --norm-epsilon too
-        use_cpu_initialization=not torch.cuda.is_available(),
+        use_cpu_initialization=getattr(args, "use_cpu_initialization", False) or not torch.cuda.is_available(),
         calculate_per_token_loss=True,  # the training step returns per-token loss sums
         ponder_vocab_size=args.tokenizer_vocab_size,  # rows past it are vocabulary padding
         # The layers actually built ("auto" resolved), as TransformerConfig documents the field.
-        transformer_impl=resolve_transformer_impl(args.transformer_impl),
+        transformer_impl=transformer_impl,
+        **fusions_with_kernels(requested_fusions, torch.cuda.is_available(), transformer_impl),
     )
     if args.openai_gelu:
         derived["activation_func"] = tanh_gelu

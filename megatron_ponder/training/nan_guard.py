@@ -19,14 +19,27 @@ from typing import Iterable, List, Optional
 import torch
 import torch.distributed as dist
 
+from megatron_ponder.runtime.device import compute_device
+
 
 def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """True when every element of every tensor on every rank is finite (a collective)."""
-    local = all(bool(torch.isfinite(t).all()) for t in tensors if t.numel())
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    flag = torch.tensor([0.0 if local else 1.0], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return flag.item() == 0.0
+    """True when every element of every tensor on every rank is finite (a collective).
+
+    Each tensor is reduced to its largest magnitude (``vector_norm(ord=inf)``: a reduction
+    kernel, no buffer-sized temporary such as ``isfinite(t)``'s bool copy), and NaN or inf
+    propagates into it. The maxima stay on the tensors' device and are all-reduced there (NCCL
+    reduces CUDA tensors only); the single host synchronisation is the final verdict.
+    """
+    device = compute_device()
+    largest = torch.zeros(1, dtype=torch.float32, device=device)
+    for tensor in tensors:
+        if tensor.numel():
+            magnitude = torch.linalg.vector_norm(tensor, ord=float("inf")).float()
+            # max() would drop a NaN against a finite value on some backends: turn it into inf first.
+            magnitude = torch.nan_to_num(magnitude, nan=float("inf"))
+            largest = torch.maximum(largest, magnitude.to(device).reshape(1))
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return bool(torch.isfinite(largest).item())
 
 
 def gradients_are_finite(model_chunks: List[torch.nn.Module]) -> bool:

@@ -28,6 +28,7 @@ from megatron.core.utils import get_model_config
 from megatron_ponder.model.passes import plan_for_config
 from megatron_ponder.parallel.context_parallel import split_batch_for_context_parallel
 from megatron_ponder.parallel.looped_pipeline import looped_forward_backward
+from megatron_ponder.runtime.device import batch_to_device, compute_device
 from megatron_ponder.training.grad_overlap import overlapped_grad_reduce
 from megatron_ponder.training.nan_guard import gradients_are_finite
 
@@ -59,10 +60,12 @@ def forward_step(
 ):
     """Megatron ``forward_step_func``: this rank's CP slice of the next microbatch through the model.
 
-    ``num_jacobi_rounds``: latent mode's J for this step (bound with ``functools.partial``); the
-    model then also returns the Jacobi residuals, which go into the loss report.
+    The loader's batches are on the host (the DALI loader's may already be on the GPU); each
+    microbatch moves to the rank's device here, one at a time, as Megatron-LM's ``get_batch``
+    does. ``num_jacobi_rounds``: latent mode's J for this step (bound with ``functools.partial``);
+    the model then also returns the Jacobi residuals, which go into the loss report.
     """
-    batch = split_batch_for_context_parallel(next(data_iterator))
+    batch = split_batch_for_context_parallel(batch_to_device(next(data_iterator)))
     latent = {} if num_jacobi_rounds is None else dict(num_jacobi_rounds=num_jacobi_rounds, return_jacobi_residuals=True)
     output = model(
         batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"], **latent
@@ -93,16 +96,19 @@ def _reduce_reports(reports: List[Dict[str, Tensor]], num_rounds: int) -> Tuple[
 
     Sums [loss_sum, count] over microbatches and data/context-parallel ranks, takes the last
     microbatch's residuals, and shares both from the last pipeline stage with the other stages.
+    The sums live on the rank's device, where the reports are and where NCCL reduces; the one
+    host copy is the final ``tolist``.
     """
-    total = torch.zeros(2 + num_rounds, dtype=torch.float64)
+    device = compute_device()
+    total = torch.zeros(2 + num_rounds, dtype=torch.float64, device=device)
     if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
-        loss = torch.zeros(2, dtype=torch.float64)
+        loss = torch.zeros(2, dtype=torch.float64, device=device)
         for report in reports:
-            loss += report["lm loss"].double()
+            loss += report["lm loss"].to(device=device, dtype=torch.float64)
         dist.all_reduce(loss, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
         total[:2] = loss
         if num_rounds and reports:
-            total[2:] = reports[-1]["jacobi residual"].double()
+            total[2:] = reports[-1]["jacobi residual"].to(device=device, dtype=torch.float64)
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         dist.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
     loss_sum, count = total[:2].tolist()

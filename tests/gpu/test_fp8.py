@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from support.gpu_models import MODES, loss_and_grads, requires_fp8, te_model
+from support.gpu_models import MODES, SIZES, VOCAB, loss_and_grads, requires_fp8, te_model
 from megatron_ponder.model.fp8_emulation import emulated_fp8_mixing
 
 pytestmark = [pytest.mark.gpu, requires_fp8]
@@ -34,6 +34,44 @@ def test_fp8_loss_is_close_to_bf16_and_gradients_finite(megatron_world_of_one, m
     assert float(fp8_loss) != float(bf16_loss)  # FP8 really ran
     assert abs(float(fp8_loss) - float(bf16_loss)) < 0.02 * float(bf16_loss)
     assert _cosine(fp8_grads, bf16_grads) > 0.9
+
+
+@pytest.mark.parametrize("mode", ["none", "ponder"])
+def test_fp8_weights_are_requantised_when_a_step_starts_and_only_then(megatron_world_of_one, mode):
+    """After an optimizer step (here: weights scaled in place), a call flagged "first microbatch"
+    computes with the new weights; an unflagged one reuses the FP8 copy of the old weights (which
+    is why the looped pipeline must pass the schedule's flag on: parallel/looped_pipeline.py)."""
+    model = te_model(mode, fp8="hybrid", fp8_recipe="tensorwise")
+    loss_and_grads(model)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(1.25)
+    stale, _ = loss_and_grads(model, first_microbatch=False)
+    fresh, _ = loss_and_grads(model)
+    rebuilt = te_model(mode, fp8="hybrid", fp8_recipe="tensorwise")  # same seed: the same weights
+    with torch.no_grad():
+        for param in rebuilt.parameters():
+            param.mul_(1.25)
+    expected, _ = loss_and_grads(rebuilt)
+    assert float(fresh) == pytest.approx(float(expected), rel=1e-6)
+    assert float(stale) != pytest.approx(float(expected), rel=1e-4)
+
+
+def test_the_mixing_weight_is_quantised_once_per_step(megatron_world_of_one, monkeypatch):
+    from megatron_ponder.model import fp8_mixing
+
+    quantised = []
+    original = fp8_mixing._quantize
+    monkeypatch.setattr(fp8_mixing, "_quantize", lambda t, dtype: quantised.append(tuple(t.shape)) or original(t, dtype))
+    model = te_model("ponder", fp8="hybrid", fp8_recipe="tensorwise")
+    loss_and_grads(model)
+    weight_shape = (VOCAB, SIZES["hidden_size"])
+    # S feedback passes: S probability tensors and S output gradients, the weight once.
+    assert quantised.count(weight_shape) == 1
+    assert len(quantised) == 1 + 2 * model.config.ponder_steps
+    quantised.clear()
+    loss_and_grads(model)  # the next step: the weight again, once
+    assert quantised.count(weight_shape) == 1
 
 
 def test_ponder_mixing_runs_through_the_fp8_gemm_in_every_feedback_pass(megatron_world_of_one, monkeypatch):

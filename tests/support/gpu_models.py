@@ -70,9 +70,16 @@ def batch(seed: int = 0):
     return ids[:, :-1].cuda(), ids[:, 1:].cuda(), positions.cuda()
 
 
-def loss_and_grads(model, seed: int = 0):
-    """(mean token loss, {name: grad fp32}) of one forward/backward."""
+def loss_and_grads(model, seed: int = 0, first_microbatch: bool = True):
+    """(mean token loss, {name: grad fp32}) of one forward/backward.
+
+    ``first_microbatch``: flag it as Megatron's schedule does at the start of a step
+    (``set_is_first_microbatch``: TE's FP8 layers re-quantise their weights then, and reuse that
+    copy on later calls until the next flag).
+    """
     tokens, labels, positions = batch(seed)
+    if first_microbatch:
+        model.set_is_first_microbatch()
     model.zero_grad(set_to_none=True)
     loss = model(tokens, positions, None, labels=labels).float().mean()
     loss.backward()
