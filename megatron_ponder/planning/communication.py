@@ -133,7 +133,8 @@ def _context_parallel(traffic: Traffic, run: RunSpec, layout: Layout, passes) ->
             traffic.add("cp", "send", slots_local * kv, m * layers * (cp - 1) * (forwards + 2))
         else:
             # model/context_parallel_attention.py: all-gather K, V; backward all-reduces their gradients
-            # and keeps its slice (gloo has no reduce-scatter).
+            # and keeps its slice on gloo (no reduce-scatter there: what the CPU measurement sees).
+            # On NCCL it reduce-scatters instead, half this traffic: an upper bound on GPUs.
             gathered = slots_local * cp * kv
             traffic.add("cp", "all_gather", gathered, m * layers * forwards)
             traffic.add("cp", "all_reduce", gathered, m * layers)
