@@ -186,6 +186,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                    NonFiniteLossError)
     args = parse_args(argv)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if torch.cuda.is_available():
+        # Before anything initialises CUDA (the checks import Transformer Engine): on the default
+        # device every rank of a node would open a context on GPU 0.
+        from megatron_ponder.runtime.transformer_engine import select_local_device
+
+        select_local_device()
     try:
         finalize_args(args, world_size)
         initialize_parallel(
