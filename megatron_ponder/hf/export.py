@@ -165,7 +165,9 @@ def export_checkpoint(load_dir: str, out_dir: str, iteration: Optional[int] = No
     """Write the HF folder of the checkpoint in ``load_dir`` to ``out_dir``; returns the folder.
 
     A non-empty ``out_dir`` is refused unless ``overwrite`` (then it is emptied first, so no
-    file of an earlier export or another model stays next to the new config).
+    file of an earlier export or another model stays next to the new config); a folder that is,
+    holds or lies above a checkpoint or a run folder is never emptied
+    (:func:`megatron_ponder.hf.output_folder.overwrite_refusal`).
     """
     import shutil
 
@@ -177,6 +179,12 @@ def export_checkpoint(load_dir: str, out_dir: str, iteration: Optional[int] = No
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ExportError(f"--out {out_dir} is not an empty folder: choose a new one, or pass --overwrite to "
                           "replace its contents")
+    if out.exists() and overwrite:
+        from megatron_ponder.hf.output_folder import overwrite_refusal
+
+        refusal = overwrite_refusal(out, load_dir)
+        if refusal is not None:
+            raise ExportError(refusal)
     if not dist.is_initialized():
         initialize_parallel()
     model, args = load_single_process_model(load_dir, iteration)
