@@ -7,6 +7,11 @@ full disk as a zip-writer position error; none names the file. After such a fail
 every item of every ``*.distcp`` shard at the offsets the metadata gives) to find the first
 file that is missing, short or unreadable. It runs only after a failure, so it costs nothing
 on the normal path.
+
+It never executes what it reads: every ``torch.load`` here is ``weights_only=True`` (tensors and
+plain data only), so a tampered ``common.pt`` is reported, not run. (torch_dist's ``.metadata``
+is a plain pickle that the normal load path unpickles anyway: loading a checkpoint executes
+code, so only trusted checkpoints may be loaded; docs/training.md, "What is guaranteed".)
 """
 
 from __future__ import annotations
@@ -66,8 +71,11 @@ def damaged_file(folder: str) -> Optional[str]:
     common = os.path.join(folder, "common.pt")
     if os.path.isfile(common):
         try:
-            torch.load(common, map_location="cpu", weights_only=False)
+            torch.load(common, map_location="cpu", weights_only=True)
         except Exception as error:
+            if _refused_as_unsafe(error):
+                return (f"{common}: holds objects other than tensors and plain data, which are never unpickled "
+                        "(a tampered or foreign checkpoint)")
             return f"{common}: unreadable ({_first_line(error)})"
     by_file = {}
     for index, info in metadata.storage_data.items():
@@ -84,10 +92,18 @@ def damaged_file(folder: str) -> Optional[str]:
             for fqn, offset, length in sorted(by_file[name], key=lambda item: item[1]):
                 handle.seek(offset)
                 try:
-                    torch.load(io.BytesIO(handle.read(length)), map_location="cpu", weights_only=False)
+                    torch.load(io.BytesIO(handle.read(length)), map_location="cpu", weights_only=True)
                 except (Exception, pickle.UnpicklingError) as error:
+                    if _refused_as_unsafe(error):
+                        continue  # a pickled object (e.g. optimizer state): not checked, never executed
                     return f"{path}: corrupt at {fqn} ({_first_line(error)})"
     return None
+
+
+def _refused_as_unsafe(error: BaseException) -> bool:
+    """torch's safe loader refused a well-formed pickle of objects beyond tensors and plain data."""
+    # A damaged stream fails with another WeightsUnpickler error ("Unsupported operand ...").
+    return isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error)
 
 
 def _disk_full(error: BaseException, folder: str) -> bool:
