@@ -6,8 +6,9 @@ of documents, and the parent appends the results to Megatron's ``IndexedDatasetB
 input order, so ``workers=1`` and ``workers=N`` write byte-identical files.
 
 One document = one jsonl record (``json_key`` field) or one whole text file.
-The output is written under temporary names and renamed at the end: an interrupted run never
-leaves a ``.bin``/``.idx`` pair that looks complete.
+The output is written under this run's own temporary names and renamed at the end, while the run
+holds the output prefix's lock (:mod:`megatron_ponder.data.output_lock`): an interrupted run never
+leaves a ``.bin``/``.idx`` pair that looks complete, and two runs into one prefix never mix.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 
 from megatron_ponder.data.errors import DataError
 from megatron_ponder.data.long_documents import LONG_DOCUMENT_CHARS, tokenize_long
+from megatron_ponder.data.output_lock import exclusive_output, publish, temporary_paths
 
 INPUT_FORMATS = ("jsonl", "text")
 
@@ -185,8 +187,17 @@ def preprocess_to_indexed_dataset(
     if workers < 1:
         raise DataError(f"--workers must be at least 1, got {workers}")
     output_prefix = str(output_prefix)
-    bin_path, idx_path = output_prefix + ".bin", output_prefix + ".idx"
-    tmp_bin, tmp_idx = output_prefix + ".partial.bin", output_prefix + ".partial.idx"
+    if os.path.isdir(output_prefix) or output_prefix.endswith(os.sep):
+        raise DataError(f"output prefix {output_prefix!r} names a directory: pass --output-prefix like data/corpus")
+    with exclusive_output(output_prefix):
+        return _write_dataset(files, inputs, output_prefix, tokenizer, input_format, json_key, append_eod, workers,
+                              progress, progress_stream)
+
+
+def _write_dataset(files, inputs, output_prefix: str, tokenizer, input_format, json_key, append_eod, workers,
+                   progress, progress_stream) -> PreprocessStats:
+    """The run itself, under the output's lock: tokenize into temporary files, then publish."""
+    tmp_bin, tmp_idx = temporary_paths(output_prefix)
 
     # Imported here, not at module level: megatron.core takes seconds to import, and input
     # errors (the common failure) should be reported instantly.
@@ -218,8 +229,7 @@ def preprocess_to_indexed_dataset(
                 f"(and --json-keys / --input-format)"
             )
         builder.finalize(tmp_idx)
-        os.replace(tmp_bin, bin_path)
-        os.replace(tmp_idx, idx_path)
+        publish(tmp_bin, tmp_idx, output_prefix)
         finished = True
     finally:
         reporter.close()
@@ -236,11 +246,6 @@ def preprocess_to_indexed_dataset(
 def _open_builder(tmp_bin: str, dtype):
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    if os.path.basename(tmp_bin) == ".partial.bin":
-        raise DataError(
-            f"output prefix {tmp_bin[: -len('.partial.bin')]!r} names a directory: "
-            "pass --output-prefix like data/corpus"
-        )
     try:
         os.makedirs(os.path.dirname(os.path.abspath(tmp_bin)), exist_ok=True)
         return IndexedDatasetBuilder(tmp_bin, dtype=dtype)
