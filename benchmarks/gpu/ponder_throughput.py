@@ -280,6 +280,12 @@ def _refusal(args):
         return f"--transformer-impl transformer_engine needs a GPU with Transformer Engine: {te_reason}"
     if "fp8" in args.precisions.split(",") and args.transformer_impl != "transformer_engine":
         return "fp8 needs the Transformer Engine layers: pass --precisions bf16, or install TE (docs/gpu.md)"
+    if "fp8" in args.precisions.split(","):
+        # The training entry point's check: e.g. mxfp8 is Blackwell-only, blockwise needs CUDA 12.9.
+        from megatron_ponder.runtime.transformer_engine import fp8_recipe_unsupported_reason
+
+        return fp8_recipe_unsupported_reason(args.fp8_recipe, torch.cuda.get_device_name(),
+                                             torch.cuda.get_device_capability(), torch.version.cuda)
     return None
 
 
