@@ -287,12 +287,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+# GPT-2 and GPT-NeoX attend with one K/V per head.
+NO_GQA_ARCHITECTURES = ("gpt2", "neox")
+
+
 def apply_preset(args: argparse.Namespace) -> None:
     """Fill every model-shape flag the user left unset from ``--preset``."""
     preset = PRESETS[args.preset]
+    chosen_groups = args.num_query_groups is not None
     for field, value in preset.items():
         if getattr(args, field, None) is None:
             setattr(args, field, value)
+    if args.architecture in NO_GQA_ARCHITECTURES and not chosen_groups:
+        # A llama preset's grouped-query attention under --architecture gpt2/neox: those models have
+        # none (their HF classes could not hold the weights), so every head keeps its own K/V.
+        args.num_query_groups = None
     if args.max_position_embeddings is None:
         args.max_position_embeddings = args.seq_length
     if args.input_embedding_scale == SQRT_HIDDEN:
@@ -368,6 +377,9 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
              f"--num-query-groups {groups}")
     if args.num_layers % pp != 0:
         fail(f"--num-layers {args.num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
+    if args.architecture in NO_GQA_ARCHITECTURES and groups != heads:
+        fail(f"--architecture {args.architecture} has no grouped-query attention (its Hugging Face model could not "
+             f"hold the weights): drop --num-query-groups {groups}, or use --architecture llama")
     if args.openai_gelu and args.architecture == "llama":
         fail("--openai-gelu replaces GeLU, but the llama architecture uses SwiGLU: drop the flag")
     if args.rotary_percent is not None and not 0 < args.rotary_percent <= 1:

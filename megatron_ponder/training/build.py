@@ -19,6 +19,7 @@ def prepare_data(args):
     from megatron_ponder.data.checks import check_data_fits_run, check_validation_set
     from megatron_ponder.data.datasets import build_gpt_datasets, check_vocab_fits
     from megatron_ponder.data.tokenizer import build_tokenizer
+    from megatron_ponder.training.run_identity import tokenizer_identity
 
     data_path, valid_path = args.data_path, args.valid_data_path
     if args.default_corpus:
@@ -38,6 +39,7 @@ def prepare_data(args):
         check_data_fits_run([data_path] + ([valid_path] if valid_path else []), args.seq_length,
                             tokenizer.vocab_size, args.vocab_size)
     args.tokenizer_vocab_size = tokenizer.vocab_size
+    args.tokenizer_identity = tokenizer_identity(tokenizer)  # stored with every checkpoint, compared on resume
 
     samples_per_eval = args.eval_iters * args.global_batch_size
     evaluations = args.train_iters // max(args.eval_interval, 1) + 1

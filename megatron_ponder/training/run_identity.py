@@ -11,6 +11,10 @@ run's work from being lost or silently changed:
   method flags with the stored ones. A difference is one line naming every differing flag;
   ``--use-checkpoint-args`` adopts the stored values (Megatron's flag), ``--finetune`` accepts
   other method flags (new run from the weights; shapes must still match, the weights must fit).
+  The tokenizer is part of the identity (:func:`tokenizer_identity`: type, vocabulary size,
+  end-of-document id and the content hash of its files): another tokenizer of the same padded
+  vocabulary size would load and train while every id meant another string, so a change goes
+  through ``--finetune`` too.
 """
 
 from __future__ import annotations
@@ -28,6 +32,21 @@ GPT2_SHAPE_FLAGS = ("max_position_embeddings",)
 METHOD_FLAGS = ("ponder_mode", "ponder_steps", "ponder_accumulate", "ponder_topk", "num_latent_thoughts",
                 "jacobi_train_rounds", "jacobi_eval_rounds", "input_embedding_scale", "init_method_std", "init_style",
                 "rotary_percent", "rotary_base", "norm_epsilon", "openai_gelu")
+
+
+# Stored in the run's arguments by ``training.build.prepare_data``.
+TOKENIZER_IDENTITY = "tokenizer_identity"
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """``class X, vocab_size N, eod E, sha256 H`` from the tokenizer's ``unique_identifiers``
+    (what Megatron's dataset cache hashes): equal exactly when every id means the same string."""
+    return ", ".join(f"{key} {value}" for key, value in tokenizer.unique_identifiers.items())
+
+
+def _short_identity(identity: str) -> str:
+    return identity.replace("megatron_ponder.", "").split(", sha256 ")[0] + (
+        f", files {identity.split(', sha256 ')[1][:12]}" if ", sha256 " in identity else "")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -101,6 +120,12 @@ def check_resume_identity(args: argparse.Namespace, load_dir: str, stored: Dict[
 
     shape = differing_flags(args, stored, [f for f in identity_flags(args) if f not in METHOD_FLAGS])
     method = [] if args.finetune or weights_only else differing_flags(args, stored, METHOD_FLAGS)
+    current, saved = getattr(args, TOKENIZER_IDENTITY, None), stored.get(TOKENIZER_IDENTITY)
+    if not args.finetune and current and saved and current != saved and not shape:
+        raise CheckpointError(
+            f"--load {load_dir} was trained with another tokenizer ({_short_identity(saved)}; now "
+            f"{_short_identity(current)}): every token id would mean another string; pass the run's "
+            "--tokenizer-type/--tokenizer-model, or --finetune to start a new run from its weights with a new --save")
     if not shape and not method:
         return
     listed = ", ".join(f"{_flag(d)} {_shown(getattr(args, d, None))} (checkpoint: {_shown(stored[d])})"

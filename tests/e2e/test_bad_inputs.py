@@ -294,3 +294,29 @@ def test_extending_train_iters_needs_a_scheduler_choice(capfd, run_copy):
     assert snapshot(run_copy) == before
     assert _pretrain(argv + ["--override-opt_param-scheduler"]) == 0
     assert (run_copy / "latest_checkpointed_iteration.txt").read_text() == "3"
+
+
+def _bpe_tokenizer(folder: Path, words: str) -> Path:
+    """A BPE tokenizer of 300 ids trained on ``words``: another text, another id for each string."""
+    from megatron_ponder.data.tokenizer import train_bpe_tokenizer
+
+    folder.mkdir(parents=True)
+    (folder / "train.txt").write_text("\n".join(f"{w} {w}{i} {w[::-1]}" for i, w in enumerate(words.split() * 40)))
+    train_bpe_tokenizer([folder / "train.txt"], 300, folder / "tok")
+    return folder / "tok"
+
+
+def test_resume_with_another_tokenizer_of_the_same_vocabulary_size_refuses(capfd, tmp_path):
+    first = _bpe_tokenizer(tmp_path / "a", "alpha beta gamma delta epsilon zeta eta theta iota kappa")
+    second = _bpe_tokenizer(tmp_path / "b", "red green blue cyan magenta yellow black white orange violet")
+    run = tmp_path / "run"
+    common = ["--mock-data", "--tokenizer-type", "HuggingFaceTokenizer", *TINY]
+    assert _pretrain([*common, "--tokenizer-model", first, "--train-iters", "1", "--save", run]) == 0
+    capfd.readouterr()
+    before = snapshot(run)
+    resume = [*common, "--tokenizer-model", second, "--train-iters", "2", "--load", run]
+    assert_one_error_line(capfd, _pretrain([*resume, "--save", run]), "was trained with another tokenizer",
+                          "--finetune")
+    assert snapshot(run) == before
+    # A deliberate change: a new run from the weights.
+    assert _pretrain([*resume, "--finetune", "--save", tmp_path / "finetuned"]) == 0

@@ -153,3 +153,15 @@ def test_input_embedding_scale_takes_a_number_or_sqrt_hidden():
     assert args.input_embedding_scale == 8.0
     with pytest.raises(SystemExit):
         parse_args(["--mock-data", "--input-embedding-scale", "sqrt"])
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "neox"])
+def test_a_llama_presets_grouped_query_attention_is_not_kept_for_gpt2_or_neox(architecture):
+    """The default preset (cpu-tiny) is a LLaMA shape with 2 K/V groups; GPT-2 and GPT-NeoX have
+    none, so their runs get one K/V per head (exportable), and asking for groups is refused."""
+    args = parse_args(["--mock-data", "--architecture", architecture])
+    assert args.num_query_groups is None
+    validate_args(args, world_size=1)
+    assert parse_args(["--mock-data"]).num_query_groups == 2  # llama keeps the preset's GQA
+    with pytest.raises(ArgumentError, match="has no grouped-query attention"):
+        validate_args(parse_args(["--mock-data", "--architecture", architecture, "--num-query-groups", "2"]), 1)
