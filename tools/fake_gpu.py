@@ -305,6 +305,7 @@ def _patch_cuda(patches: _Patches, fake_mode: FakeTensorMode) -> None:
         if hasattr(current, "__wrapped__"):
             patches.set(torch, name, current.__wrapped__)
     patches.set(torch.Tensor, "cuda", _tensor_cuda)
+    patches.set(torch.Tensor, "pin_memory", lambda self, *args, **kwargs: self)  # see _CudaToFakeGpu
     patches.set(torch.Tensor, "type", _cuda_type_name)
     patches.set(torch.Tensor, "is_cuda", property(lambda self: self.device.type in ("cuda", DEVICE_TYPE)))
     patches.set(torch.utils, "swap_tensors", _swap_tensors_for(fake_mode, torch.utils.swap_tensors))
@@ -397,6 +398,7 @@ class _CudaToFakeGpu(TorchFunctionMode):
         if func is torch.device:  # torch.device("cuda", 1) is the fake GPU 1
             return _as_fake_device(func(*args, **(kwargs or {})))
         kwargs = dict(kwargs or {})
+        kwargs.pop("pin_memory", None)  # pinned host memory is speed, not placement (and needs a real allocator)
         if "device" in kwargs:
             kwargs["device"] = _as_fake_device(kwargs["device"])
         if func in _FROM_DATA and args and isinstance(args[0], (list, tuple)):
@@ -619,6 +621,10 @@ def fake_gpu(world_size: int = 1, rank: int = 0, local_rank: Optional[int] = Non
         for name, function in _object_collectives(rank, world_size).items():
             patches.set(dist, name, function)
         dist.init_process_group(backend=_BACKEND, store=FakeStore(), rank=rank, world_size=world_size)
+        # Backward on the calling thread: autograd otherwise runs a device's backward on a thread
+        # per device index, made once per process from the device count of that moment (the fake
+        # GPU may not exist yet then, and rank r's device is index r % 8).
+        stack.enter_context(torch.autograd.set_multithreading_enabled(False))
         stack.enter_context(fake_mode)
         stack.enter_context(checks)
         stack.enter_context(_CudaToFakeGpu())

@@ -1,0 +1,1 @@
+"""Fake-GPU tests (a package so that its conftest does not shadow tests/conftest.py as ``conftest``)."""
