@@ -62,14 +62,17 @@ def train(args) -> dict:
     if args.load:
         resumed = load_checkpoint(args.load, model, optimizer, scheduler,
                                   load_optimizer=not (args.no_load_optim or args.finetune),
-                                  distributed_optimizer=args.use_distributed_optimizer, load_rng=not args.finetune)
+                                  distributed_optimizer=args.use_distributed_optimizer, load_rng=not args.finetune,
+                                  load_scheduler=not args.finetune)
         if resumed is not None and args.finetune:
             print_rank0(f"--finetune: weights of {args.load} (iteration {resumed.iteration}), new run from iteration 0")
         elif resumed is not None:
             start_iteration, consumed = resumed.iteration, resumed.consumed_samples
             print_rank0(f"resumed from {args.load} at iteration {start_iteration} ({consumed} samples consumed)"
                         + ("" if resumed.rng_restored else "; random generators not restored (saved with another "
-                           "layout or without them): dropout differs from an uninterrupted run"))
+                           "layout or without them): dropout differs from an uninterrupted run")
+                        + ("" if resumed.schedule_restored or start_iteration == 0 else "; the LR/WD schedule starts "
+                           "again from warm-up (the checkpoint holds no schedule state)"))
         else:
             print_rank0(f"no checkpoint in {args.load} yet: starting from scratch")
 

@@ -55,6 +55,7 @@ class ResumeState:
     iteration: int
     consumed_samples: int
     rng_restored: bool = False
+    schedule_restored: bool = False  # the LR/WD schedule continues (else it starts again at warm-up)
 
 
 def _fault_armed(name: str, iteration: int) -> bool:
@@ -150,8 +151,9 @@ def save_checkpoint(
 ) -> Optional[str]:
     """Write ``root/iter_N`` on all ranks, then move the pointer. Returns the folder.
 
-    ``save_optimizer=False`` (``--no-save-optim``) writes weights, iteration, data position and
-    generators only. ``keep_last``: afterwards delete all but the newest ``keep_last`` folders.
+    ``save_optimizer=False`` (``--no-save-optim``) writes weights, iteration, data position,
+    generators and the LR/WD schedule's state (a few numbers: a resume with ``--no-load-optim``
+    continues the schedule instead of warming up again) but no optimizer state. ``keep_last``: afterwards delete all but the newest ``keep_last`` folders.
     With ``async_saves`` (``--async-save``) the shards are written in the background and None is
     returned: the pointer and the retention follow in ``async_saves.maybe_finalize_async_calls``,
     which returns the folder once it is complete on every rank.
@@ -169,9 +171,9 @@ def save_checkpoint(
         "consumed_samples": consumed_samples,
         "args": run_args,
     }
+    state["scheduler"] = scheduler.state_dict()
     if save_optimizer:
         state["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_state, False, distributed_optimizer)
-        state["scheduler"] = scheduler.state_dict()
     else:
         state["weights_only"] = True
     completion = [partial(_fault_injection_point, "after-shards-before-pointer", iteration),
@@ -413,11 +415,13 @@ def without_absent_extra_state(model_state: Dict[str, Any], folder: str):
 
 
 def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool, distributed_optimizer: bool,
-                    load_rng: bool = True) -> Optional[ResumeState]:
+                    load_rng: bool = True, load_scheduler: Optional[bool] = None) -> Optional[ResumeState]:
     """Restore the latest checkpoint under ``root`` into model/optimizer/scheduler (all ranks).
 
     Returns None when there is none yet (a fresh run that will save there). The generators are
-    restored too (``load_rng``) when the checkpoint has them for this layout.
+    restored too (``load_rng``) when the checkpoint has them for this layout, and the LR/WD
+    schedule (``load_scheduler``, default ``load_optimizer``; a resume without the optimizer keeps
+    it too) when the checkpoint has it: weights-only checkpoints of a training run do, imports do not.
     """
     from megatron_ponder.training.rng_state import restore_rng, rng_request
 
@@ -459,11 +463,13 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
         workaround = _keep_adam_step_when_loading(optimizer) if distributed_optimizer else nullcontext()
         with torch.no_grad(), workaround:
             optimizer.load_state_dict(loaded["optimizer"])
-        _load_scheduler(scheduler, loaded["scheduler"], folder)
+    schedule = common.get("scheduler") if (load_optimizer if load_scheduler is None else load_scheduler) else None
+    if schedule is not None:
+        _load_scheduler(scheduler, schedule, folder)
     if rng is not None:
         restore_rng(loaded["rng_state"])
     return ResumeState(iteration=loaded["iteration"], consumed_samples=loaded["consumed_samples"],
-                       rng_restored=rng is not None)
+                       rng_restored=rng is not None, schedule_restored=schedule is not None)
 
 
 def _load_scheduler(scheduler, state: Dict[str, Any], folder: str) -> None:
