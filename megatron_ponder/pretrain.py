@@ -23,6 +23,13 @@ from megatron_ponder.runtime.parallel_init import print_rank0
 
 _STARTED = time.monotonic()  # --exit-duration-in-mins counts from here, as Megatron's from its start
 
+if __name__ == "__mp_main__":
+    # A process multiprocessing spawned from the trainer (Megatron's checkpoint Manager() server):
+    # it must end with the trainer, SIGKILL included (runtime/child_processes.py).
+    from megatron_ponder.runtime.child_processes import die_with_parent
+
+    die_with_parent()
+
 
 def _evaluate(args, chunks, valid_stream) -> float:
     from megatron_ponder.training.step import evaluation_step
@@ -189,6 +196,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                    NonFiniteLossError)
     args = parse_args(argv)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    from megatron_ponder.runtime.child_processes import end_children_with_this_process
+
+    end_children_with_this_process()  # Megatron's forked shard writers end with this trainer
     if torch.cuda.is_available():
         # Before anything initialises CUDA (the checks import Transformer Engine): on the default
         # device every rank of a node would open a context on GPU 0.

@@ -57,7 +57,8 @@ def exclusive_output(output_prefix: str) -> Iterator[None]:
 def _lock(path: str, output_prefix: str) -> int:
     """An fd of ``path`` holding its exclusive flock, the file still at ``path``."""
     while True:
-        # O_CLOEXEC: the tokenizing worker processes must not inherit (and keep) the lock.
+        # A flock (not a per-process record lock): a second run in this same process is refused too.
+        # Forked tokenizing workers share it, and exit when the run's task pipe closes.
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,11 +1,15 @@
 """One run per ``--save`` folder: a lock file held for the run's lifetime.
 
-Global rank 0 holds an exclusive ``flock`` on ``SAVE/.megatron_ponder.lock`` from set-up to exit;
-the kernel drops it when the process ends, however it ends (SIGKILL, node reboot on a local disk),
-so a stale lock never blocks. The file records ``pid host`` of the holder, for the refusal's
-message and to tell, when a new run takes the lock, that the previous one died holding it
-(a clean exit empties the file). Where the filesystem has no ``flock`` (some NFS/Lustre mounts),
-the recorded pid decides: alive on this host = in use, dead = stale.
+Global rank 0 holds an exclusive POSIX record lock (``fcntl.lockf``) on
+``SAVE/.megatron_ponder.lock`` from set-up to exit; the kernel drops it when the process ends,
+however it ends (SIGKILL, node reboot on a local disk), so a stale lock never blocks. A record
+lock belongs to the process, not to the open file: the processes the trainer forks (Megatron's
+shard writers) inherit the descriptor but not the lock, so a writer that outlives a killed
+trainer cannot keep the run locked (a ``flock`` is shared with forked children and did).
+The file records ``pid host`` of the holder, for the refusal's message and to tell, when a new
+run takes the lock, that the previous one died holding it (a clean exit empties the file). Where
+the filesystem has no locks (some NFS/Lustre mounts), the recorded pid decides: alive on this
+host = in use, dead = stale.
 
 The decision is rank 0's and shared with every rank (:func:`agree_on_error`), so all ranks
 stop with the same one-line error.
@@ -59,6 +63,16 @@ def _previous_holder(handle) -> Optional[tuple]:
     return None
 
 
+def _holder(previous: Optional[tuple], here: str) -> str:
+    """Who holds the lock, as far as can be told truthfully."""
+    if previous is None:
+        return "another process"
+    pid, host = previous
+    if host == here and not _pid_alive(pid):  # the recorded trainer is gone, yet the lock is held
+        return f"a process other than the recorded pid {pid}, which has ended"
+    return f"pid {pid} on {host}"
+
+
 def _take(folder: str):
     """(handle, None, note) on success, or (None, refusal message, None)."""
     path = os.path.join(folder, LOCK_NAME)
@@ -67,16 +81,15 @@ def _take(folder: str):
     previous = _previous_holder(handle)
     here = socket.gethostname()
     try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        who = f"pid {previous[0]} on {previous[1]}" if previous else "another process"
-        return None, (f"--save {folder} is in use by another run ({who}, lock file {path}): wait for it to "
-                      "finish, or choose another --save folder"), None
+        fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
+        if error.errno in (errno.EAGAIN, errno.EACCES):  # held by another process
+            handle.close()
+            return None, (f"--save {folder} is in use by another run ({_holder(previous, here)}, lock file "
+                          f"{path}): wait for it to finish, or choose another --save folder"), None
         if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
             raise
-        # No flock on this filesystem: the recorded pid decides (only checkable on its own host).
+        # No locks on this filesystem: the recorded pid decides (only checkable on its own host).
         if previous and previous[1] == here and _pid_alive(previous[0]) and previous[0] != os.getpid():
             handle.close()
             return None, (f"--save {folder} is in use by another run (pid {previous[0]} on {here}, lock file "

@@ -10,11 +10,12 @@ test_pretrain_errors.py and test_pretrain_resume.py.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,13 +126,40 @@ def test_run_folder_is_not_overwritten(capfd, run_dir, case):
     assert snapshot(run_dir) == before
 
 
-def test_second_run_on_a_locked_folder_refuses(capfd, run_dir):
-    before = snapshot(run_dir)
-    with open(run_dir / ".megatron_ponder.lock", "a+") as holder:
-        fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # a running job
-        code = _pretrain(["--mock-data", "--train-iters", "4", *TINY, "--save", run_dir, "--load", run_dir])
-    assert_one_error_line(capfd, code, "is in use by another run", ".megatron_ponder.lock")
-    assert snapshot(run_dir) == before
+def _hold_run_lock(folder: Path, record: str) -> subprocess.Popen:
+    """Another process holding the run's lock (a record lock belongs to a process: this one's own
+    would not conflict) after writing ``record`` into it; it holds until killed."""
+    code = ("import fcntl, sys, time\n"
+            f"handle = open({str(folder / '.megatron_ponder.lock')!r}, 'a+')\n"
+            "fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            f"handle.seek(0); handle.truncate(); handle.write({record!r}); handle.flush()\n"
+            "print('held', flush=True); time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_second_run_on_a_locked_folder_refuses(capfd, run_copy):
+    holder = _hold_run_lock(run_copy, f"{os.getpid()} {socket.gethostname()}\n")  # a running job
+    before = snapshot(run_copy)
+    try:
+        code = _pretrain(["--mock-data", "--train-iters", "4", *TINY, "--save", run_copy, "--load", run_copy])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_one_error_line(capfd, code, "is in use by another run", f"pid {os.getpid()} on", ".megatron_ponder.lock")
+    assert snapshot(run_copy) == before
+
+
+def test_the_refusal_does_not_blame_a_dead_pid(capfd, run_copy):
+    """The lock file names a trainer that has ended while something else holds the lock: say so."""
+    holder = _hold_run_lock(run_copy, f"999999999 {socket.gethostname()}\n")
+    try:
+        code = _pretrain(["--mock-data", "--train-iters", "4", *TINY, "--save", run_copy, "--load", run_copy])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_one_error_line(capfd, code, "a process other than the recorded pid 999999999, which has ended")
 
 
 def test_stale_lock_of_a_dead_process_does_not_block(capfd, run_copy):
