@@ -19,6 +19,7 @@ from megatron_ponder.config import PonderConfig
 from megatron_ponder.model.paper_init import INIT_STYLES, paper_init_fields
 from megatron_ponder.model.ponder_gpt import PonderGPTModel
 from megatron_ponder.model.specs import get_block_spec, resolve_transformer_impl
+from megatron_ponder.runtime.kernels import torch_compile_available
 
 
 def tanh_gelu(x):
@@ -49,6 +50,7 @@ ARCHITECTURE_STYLES: Dict[str, ArchitectureStyle] = {
             add_bias_linear=False,
             # Megatron's fused SwiGLU (megatron.core.fusions.fused_bias_swiglu, also on CPU): it
             # saves only fc1's output for backward, not also silu's output and the two halves.
+            # Only where torch.compile can build it (make_ponder_config).
             bias_activation_fusion=True,
         ),
         position_embedding_type="rope",
@@ -89,6 +91,11 @@ def make_ponder_config(style: str, init_style: str = "megatron", **fields) -> Po
     if init_style not in INIT_STYLES:
         raise ValueError(f"unknown init_style {init_style!r}; choose one of {', '.join(INIT_STYLES)}")
     fields = {**get_style(style).config_fields, **fields}
+    if fields.get("bias_activation_fusion") and not torch_compile_available():
+        # Megatron compiles the fused activation with torch.compile; without a backend here (a CPU
+        # machine without a C++ compiler) the first forward would fail: the unfused activation
+        # computes the same function, keeping two more [s, b, ffn] tensors for backward.
+        fields["bias_activation_fusion"] = False
     if init_style == "ponderlm":
         defaults = {f.name: f.default for f in dataclasses.fields(PonderConfig)}
         fields.update(paper_init_fields(style, fields, defaults))
