@@ -77,7 +77,13 @@ def load_single_process_model(load_dir: str, iteration: Optional[int] = None) ->
     """
     from megatron.core import dist_checkpointing
 
+    from megatron_ponder.training.checkpointing import CheckpointError, verify_checkpoint_files
+
     folder = resolve_checkpoint(load_dir, iteration)
+    try:
+        verify_checkpoint_files(folder)  # a flipped byte is named here, not exported
+    except CheckpointError as error:
+        raise ExportError(str(error)) from None
     args = checkpoint_args(folder)
     # One process holds the whole model; layout-only flags of the training run do not apply.
     args.tensor_model_parallel_size = args.pipeline_model_parallel_size = args.context_parallel_size = 1

@@ -176,7 +176,8 @@ def save_checkpoint(
         state["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_state, False, distributed_optimizer)
     else:
         state["weights_only"] = True
-    completion = [partial(_fault_injection_point, "after-shards-before-pointer", iteration),
+    completion = [partial(_write_checksums, folder),
+                  partial(_fault_injection_point, "after-shards-before-pointer", iteration),
                   partial(_point_latest_at, root, iteration)]
     if keep_last:
         completion.append(partial(delete_old_checkpoints, root, keep_last))
@@ -305,6 +306,24 @@ def _on_rank0_for_all(path: str, write: Callable[[], None]) -> None:
         raise CheckpointError(message)
 
 
+def _write_checksums(folder: str) -> None:
+    """Every rank hashes its share of the finished folder; rank 0 writes ``checksums.json``."""
+    from megatron_ponder.training.checkpoint_checksums import CHECKSUM_FILE, compute_checksums, write_checksum_file
+
+    checksums = compute_checksums(folder)
+    _on_rank0_for_all(os.path.join(folder, CHECKSUM_FILE), partial(write_checksum_file, folder, checksums))
+
+
+def verify_checkpoint_files(folder: str) -> None:
+    """CheckpointError naming the first file that differs from the folder's checksums (all ranks)."""
+    from megatron_ponder.training.checkpoint_checksums import damaged_by_checksum
+
+    damaged = damaged_by_checksum(folder)
+    if damaged:
+        raise CheckpointError(f"cannot load checkpoint {folder}: {damaged}: restore the file, or point "
+                              f"{LATEST_FILE} at an earlier iter_* folder")
+
+
 def _fresh_folder(root: str, iteration: int) -> str:
     folder = checkpoint_dir(root, iteration)
 
@@ -393,6 +412,7 @@ def save_weights_checkpoint(root: str, model, run_args: Dict[str, Any], iteratio
         "imported": True,  # a new method may start from it (run_identity compares shapes only)
     }
     _save_or_explain(state, folder)
+    _write_checksums(folder)
     _point_latest_at(root, iteration)
     return folder
 
@@ -434,6 +454,7 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
             f"{folder} (named by {LATEST_FILE}) is not a complete checkpoint: point the file at an "
             "existing iter_* folder or delete it to start fresh"
         )
+    verify_checkpoint_files(folder)
     common = read_common_state(folder)
     if load_optimizer and common.get("weights_only", False):
         raise CheckpointError(
