@@ -20,6 +20,7 @@ import errno
 import io
 import os
 import pickle
+import resource
 import shutil
 from typing import Optional
 
@@ -106,18 +107,34 @@ def _refused_as_unsafe(error: BaseException) -> bool:
     return isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error)
 
 
-def _disk_full(error: BaseException, folder: str) -> bool:
+# Storage limits a save can hit, and the cause the one-line message gives for each.
+_STORAGE_LIMITS = {
+    errno.ENOSPC: "No space left on device",
+    errno.EDQUOT: "Disk quota exceeded",
+    errno.EFBIG: "File too large for this filesystem (its file-size limit, or ulimit -f)",
+}
+
+
+def _storage_limit(error: BaseException, folder: str) -> int:
+    """The errno of the storage limit behind a failed save (ENOSPC, EDQUOT, EFBIG), or 0."""
     for seen in (error, _rank_failure(error)):
         while seen is not None:
-            if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
-                return True
-            if "No space left" in str(seen):
-                return True
+            if isinstance(seen, OSError) and seen.errno in _STORAGE_LIMITS:
+                return seen.errno
+            for number, text in _STORAGE_LIMITS.items():
+                if os.strerror(number) in str(seen):  # the writer process's error, as text
+                    return number
             seen = seen.__cause__ or seen.__context__
-    try:  # the zip writer reports a short write as "unexpected pos" without errno
-        return shutil.disk_usage(folder).free < 64 * 2**20
+    # torch's zip writer reports a short write as "unexpected pos" without the errno: tell the
+    # likely limit from the state of the machine (a nearly full disk, or a file-size rlimit).
+    try:
+        if shutil.disk_usage(folder).free < 64 * 2**20:
+            return errno.ENOSPC
     except OSError:
-        return False
+        pass
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return errno.EFBIG
+    return 0
 
 
 def read_failure(folder: str, error: BaseException) -> str:
@@ -131,11 +148,17 @@ def read_failure(folder: str, error: BaseException) -> str:
 
 def write_failure(folder: str, error: BaseException) -> str:
     """The one-line message for a checkpoint that failed to save (the pointer stays put)."""
-    if _disk_full(error, folder):
+    limit = _storage_limit(error, folder)
+    if limit == errno.ENOSPC:
         probe = folder if os.path.exists(folder) else os.path.dirname(folder)  # a file not yet written
         free = shutil.disk_usage(probe).free if os.path.exists(probe) else 0
-        cause = f"No space left on device ({free / 2**20:.0f} MiB free)"
+        cause, fix = f"No space left on device ({free / 2**20:.0f} MiB free)", "free space or choose another --save"
+    elif limit == errno.EDQUOT:
+        cause, fix = _STORAGE_LIMITS[limit], "free space in your quota, raise it, or choose another --save"
+    elif limit == errno.EFBIG:
+        cause, fix = _STORAGE_LIMITS[limit], ("raise the limit (ulimit -f), or choose a --save on a filesystem "
+                                              "that takes large files")
     else:
-        cause = _first_line(error)
+        cause, fix = _first_line(error), "free space or choose another --save"
     return (f"cannot write checkpoint {folder}: {cause}: the latest pointer still names the previous "
-            "checkpoint; free space or choose another --save, then resume")
+            f"checkpoint; {fix}, then resume")

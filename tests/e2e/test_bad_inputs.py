@@ -10,9 +10,12 @@ test_pretrain_errors.py and test_pretrain_resume.py.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
+import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from support.indexed_documents import write_random_documents
-from support.torchrun import REPO
+from support.torchrun import REPO, child_env
 
 TINY = ["--seq-length", "32", "--micro-batch-size", "2", "--eval-iters", "0", "--log-interval", "1"]
 
@@ -170,20 +173,33 @@ def test_stale_lock_of_a_dead_process_does_not_block(capfd, run_copy):
 
 
 def _damage(folder: Path, kind: str) -> str:
-    shard = folder / "iter_0000002" / "__0_0.distcp"
-    if kind == "corrupt shard":
+    """Damage the checkpoint of iteration 2; the fragment the error line must hold.
+
+    ``kind``: what is damaged, then whose message names it: the checksums every checkpoint now
+    carries, or (a checkpoint saved before them: checksums.json removed) the file-by-file diagnosis.
+    """
+    damage, checked_by = kind.rsplit(", ", 1)
+    iteration = folder / "iter_0000002"
+    shard = iteration / "__0_0.distcp"
+    if damage == "corrupt shard":
         data = bytearray(shard.read_bytes())
         data[100:4000] = os.urandom(3900)
         shard.write_bytes(bytes(data))
-        return "__0_0.distcp: corrupt at"
-    if kind == "truncated shard":
+        damaged, diagnosis = shard.name, "__0_0.distcp: corrupt at"
+    elif damage == "truncated shard":
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
-        return "__0_0.distcp: truncated"
-    (folder / "iter_0000002" / ".metadata").write_bytes(b"not a pickle")
-    return ".metadata: unreadable"
+        damaged, diagnosis = shard.name, "__0_0.distcp: truncated"
+    else:
+        (iteration / ".metadata").write_bytes(b"not a pickle")
+        damaged, diagnosis = ".metadata", ".metadata: unreadable"
+    if checked_by == "checksums":
+        return f"{damaged}: checksum mismatch"
+    (iteration / "checksums.json").unlink()
+    return diagnosis
 
 
-DAMAGE = ["corrupt shard", "truncated shard", "bad metadata"]
+DAMAGE = [f"{damage}, {checked_by}" for damage in ("corrupt shard", "truncated shard", "bad metadata")
+          for checked_by in ("checksums", "no checksums")]
 
 
 @pytest.mark.parametrize("kind", DAMAGE)
@@ -348,3 +364,42 @@ def test_resume_with_another_tokenizer_of_the_same_vocabulary_size_refuses(capfd
     assert snapshot(run) == before
     # A deliberate change: a new run from the weights.
     assert _pretrain([*resume, "--finetune", "--save", tmp_path / "finetuned"]) == 0
+
+
+@pytest.mark.parametrize("number, cause, fix", [
+    (errno.EDQUOT, "Disk quota exceeded", "raise it"),
+    (errno.EFBIG, "File too large", "ulimit -f"),
+    (errno.ENOSPC, "No space left on device", "free space"),
+])
+def test_storage_limits_are_named_with_their_fix(tmp_path, number, cause, fix):
+    """A quota or a file-size limit gets its own cause and fix (it used to be a raw zip-writer message)."""
+    from megatron_ponder.training.checkpoint_errors import write_failure
+
+    wrapped = RuntimeError("Worker failure: unexpected pos 123")
+    wrapped.__cause__ = OSError(number, os.strerror(number), str(tmp_path / "__0_0.distcp"))
+    message = write_failure(str(tmp_path), wrapped)
+    assert cause in message and fix in message and "the latest pointer still names the previous" in message
+
+
+def test_a_file_size_limit_during_a_save_is_one_line(run_dir, tmp_path):
+    """The real case: the shard writer hits RLIMIT_FSIZE (EFBIG; SIGXFSZ ignored, as a job scheduler's
+    limit gives it) while writing iteration 3; the checkpoint of iteration 2 stays the latest."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    before = snapshot(run)
+    limit = max(len(data) for data in before.values()) // 2  # below the size of the largest shard
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "megatron_ponder.pretrain", "--mock-data", "--train-iters", "3", *TINY, "--save",
+         str(run), "--load", str(run), "--override-opt_param-scheduler"],
+        # No C++ compiler on PATH: no torch.compile build files (larger than the limit) either.
+        env={**child_env(), "PATH": str(tmp_path)}, capture_output=True, text=True, timeout=300,
+        preexec_fn=limit_file_size, check=False)
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
+    assert "File too large" in errors[0] and "ulimit -f" in errors[0] and "iter_0000003" in errors[0]
+    assert (run / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
