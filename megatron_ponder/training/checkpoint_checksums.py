@@ -35,8 +35,18 @@ def file_crc32(path: str) -> str:
 
 
 def _checkpoint_files(folder: str) -> List[str]:
-    return sorted(name for name in os.listdir(folder)
-                  if name != CHECKSUM_FILE and os.path.isfile(os.path.join(folder, name)))
+    """The folder's file names as rank 0 sees them (rank 0 made the folder), the same on every rank."""
+    rank, world = _world()
+    names = None
+    if rank == 0:
+        names = sorted(name for name in os.listdir(folder)
+                       if name != CHECKSUM_FILE and os.path.isfile(os.path.join(folder, name)))
+    if world > 1:
+        holder = [names]
+        dist.broadcast_object_list(holder, src=0)
+        names = holder[0]
+    # None only where the broadcast is a stand-in (tools/fake_gpu.py posing as rank > 0): no files.
+    return names or []
 
 
 def _world() -> tuple:
