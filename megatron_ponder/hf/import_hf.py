@@ -40,11 +40,41 @@ def load_hf_model(source: str, gguf_file: Optional[str] = None):
         require("gguf")
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    # transformers' own load report (and its RuntimeError for shapes that differ) would be a page of
+    # text and a traceback; the checks below give one line instead.
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
     try:
-        return transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs).eval()
+        model, info = transformers.AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch.float32, ignore_mismatched_sizes=True, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as error:  # no/unknown config.json, missing weights or GGUF file
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConversionError(f"cannot load a Hugging Face model from {source}: {first_line}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    if mismatched:
+        key, stored, expected = mismatched[0][:3]
+        raise ConversionError(
+            f"cannot load a Hugging Face model from {source}: its config.json does not fit its weights ({len(mismatched)} "
+            f"tensors differ, e.g. {key}: {tuple(stored)} in the weights, {tuple(expected)} by the config): use the "
+            "config.json saved with these weights")
+    # Weights the folder lacks would be random: never import them (a tied output layer is not missing).
+    missing = sorted(set(info.get("missing_keys") or []) - _tied_keys(model))
+    if missing:
+        raise ConversionError(f"cannot load a Hugging Face model from {source}: its weights lack {len(missing)} tensors "
+                              f"the config asks for (e.g. {missing[0]}): use the config.json saved with these weights")
+    return model.eval()
+
+
+def _tied_keys(model) -> set:
+    """Parameter names that share storage with another (a tied output layer)."""
+    seen, tied = {}, set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if param.data_ptr() in seen:
+            tied.add(name)
+        seen.setdefault(param.data_ptr(), name)
+    return tied
 
 
 def import_hf_model(

@@ -430,8 +430,16 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
         fail(f"--dali-py-workers {args.dali_py_workers} needs --dataloader-type dali and a count >= 0")
     if args.save_interval is not None and not args.save:
         fail("--save-interval needs --save DIR")
-    if args.save:
-        _check_writable(args.save)
+    # Every folder the run will write, checked now rather than after the model is built.
+    for flag, folder in (("--save", args.save), ("--tensorboard-dir", args.tensorboard_dir),
+                         ("--data-cache-path", args.data_cache_path), ("--default-corpus", args.default_corpus),
+                         ("--wandb-save-dir", getattr(args, "wandb_save_dir", None))):
+        if folder:
+            _check_writable(folder, flag)
+    if args.metrics_file:
+        if os.path.isdir(args.metrics_file):
+            fail(f"--metrics-file {args.metrics_file} is a folder: name a file, e.g. {args.metrics_file}/metrics.jsonl")
+        _check_writable(os.path.dirname(os.path.abspath(args.metrics_file)), "--metrics-file's folder")
     return sizes
 
 
@@ -462,7 +470,7 @@ def _check_precision(args: argparse.Namespace, fail) -> None:
         fail(f"--fp8-amax-history-len must be >= 1, got {args.fp8_amax_history_len}")
 
 
-def _check_writable(path: str) -> None:
+def _check_writable(path: str, flag: str = "--save") -> None:
     """Create the folder (all ranks may; exist_ok) and a probe file in it."""
     probe = os.path.join(path, f".write_probe_{os.getpid()}")
     try:
@@ -471,7 +479,7 @@ def _check_writable(path: str) -> None:
             pass
         os.remove(probe)
     except OSError as error:
-        raise ArgumentError(f"--save {path} is not writable ({error.strerror}): choose a folder you can write to")
+        raise ArgumentError(f"{flag} {path} is not writable ({error.strerror}): choose a folder you can write to")
 
 
 def describe(args: argparse.Namespace) -> List[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from typing import Any, Dict, List, Optional
 
 # Flags that decide the weights' shapes: they must match, or the checkpoint cannot load.
@@ -33,6 +34,9 @@ METHOD_FLAGS = ("ponder_mode", "ponder_steps", "ponder_accumulate", "ponder_topk
                 "jacobi_train_rounds", "jacobi_eval_rounds", "input_embedding_scale", "init_method_std", "init_style",
                 "rotary_percent", "rotary_base", "norm_epsilon", "openai_gelu")
 
+
+# Flags that decide the optimizer state's layout: a resume that loads that state needs the same.
+OPTIMIZER_STATE_FLAGS = ("use_distributed_optimizer", "bf16")
 
 # Stored in the run's arguments by ``training.build.prepare_data``.
 TOKENIZER_IDENTITY = "tokenizer_identity"
@@ -126,6 +130,14 @@ def check_resume_identity(args: argparse.Namespace, load_dir: str, stored: Dict[
             f"--load {load_dir} was trained with another tokenizer ({_short_identity(saved)}; now "
             f"{_short_identity(current)}): every token id would mean another string; pass the run's "
             "--tokenizer-type/--tokenizer-model, or --finetune to start a new run from its weights with a new --save")
+    loads_optimizer = not (args.finetune or weights_only or getattr(args, "no_load_optim", False))
+    optimizer = differing_flags(args, stored, OPTIMIZER_STATE_FLAGS) if loads_optimizer and not shape and not method else []
+    if optimizer:
+        listed = ", ".join(f"{_flag(d)} {_shown(getattr(args, d, None))} (checkpoint: {_shown(stored[d])})"
+                           for d in optimizer)
+        raise CheckpointError(
+            f"--load {load_dir} holds optimizer state saved with other flags: {listed}: pass the checkpoint's "
+            "values, or --no-load-optim to start the optimizer fresh (weights, iteration and LR schedule are kept)")
     if not shape and not method:
         return
     listed = ", ".join(f"{_flag(d)} {_shown(getattr(args, d, None))} (checkpoint: {_shown(stored[d])})"
@@ -151,6 +163,10 @@ def check_run_folders(args: argparse.Namespace) -> None:
             raise CheckpointError(f"--load {args.load} does not exist: fix the path, or drop --load to start "
                                   "from scratch")
         if latest_iteration(args.load) is None:
+            if re.fullmatch(r"iter_\d{7}", os.path.basename(os.path.normpath(args.load))):
+                parent = os.path.dirname(os.path.normpath(args.load))
+                raise CheckpointError(f"--load {args.load} is one checkpoint (an iter_* folder): --load takes the run "
+                                      f"folder, --load {parent} (it resumes from the iteration {LATEST_FILE} names)")
             raise CheckpointError(f"--load {args.load} holds no checkpoint ({LATEST_FILE} is missing): fix the "
                                   "path, or drop --load to start from scratch")
     if saved is None:

@@ -403,3 +403,38 @@ def test_a_file_size_limit_during_a_save_is_one_line(run_dir, tmp_path):
     assert result.returncode == 2 and len(errors) == 1, result.stderr[-3000:]
     assert "File too large" in errors[0] and "ulimit -f" in errors[0] and "iter_0000003" in errors[0]
     assert (run / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+
+
+@pytest.mark.parametrize("flag", ["--use-distributed-optimizer", "--bf16"])
+def test_switching_the_optimizer_layout_on_resume_names_the_flag(capfd, run_copy, flag):
+    """The checkpoint's optimizer state was saved without the flag (a bare KeyError before)."""
+    argv = ["--mock-data", "--train-iters", "3", *TINY, "--save", run_copy, "--load", run_copy,
+            "--override-opt_param-scheduler", flag]
+    before = snapshot(run_copy)
+    assert_one_error_line(capfd, _pretrain(argv), f"{flag} on (checkpoint: off)", "--no-load-optim")
+    assert snapshot(run_copy) == before
+    assert _pretrain(argv + ["--no-load-optim"]) == 0  # the way out it names works
+
+
+def test_load_of_an_iter_folder_names_the_run_folder(capfd, run_dir, tmp_path):
+    """Export takes an iter_* folder; training takes the run folder and says which one."""
+    code = _pretrain(["--mock-data", "--train-iters", "3", *TINY, "--load", run_dir / "iter_0000002",
+                      "--save", tmp_path / "new"])
+    assert_one_error_line(capfd, code, "is one checkpoint (an iter_* folder)", f"--load {run_dir} ")
+
+
+@pytest.mark.parametrize("flag", ["--save", "--tensorboard-dir", "--data-cache-path", "--metrics-file"])
+def test_every_output_path_is_checked_before_the_model_is_built(capfd, tmp_path, monkeypatch, flag):
+    """A path under a regular file cannot be created: one line naming the flag, before any model."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    import megatron_ponder.training.build as build
+
+    monkeypatch.setattr(build, "build_training_state", lambda *a, **k: pytest.fail("the model was built"))
+    code = _pretrain(["--mock-data", "--train-iters", "1", *TINY, flag, blocker / "sub" / "out"])
+    assert_one_error_line(capfd, code, flag, "is not writable")
+
+
+def test_a_metrics_file_that_is_a_folder_is_refused(capfd, tmp_path):
+    assert_one_error_line(capfd, _pretrain(["--mock-data", "--train-iters", "1", *TINY, "--metrics-file", tmp_path]),
+                          "--metrics-file", "is a folder")

@@ -34,3 +34,20 @@ def test_a_gpt2_run_on_the_default_preset_exports(tmp_path):
     assert export.returncode == 0, export.stderr[-2000:]
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert config["backbone_config"]["model_type"] == "gpt2"
+
+
+def test_import_of_a_config_that_does_not_fit_its_weights_is_one_line(tmp_path):
+    import transformers
+
+    from support.hf_tiny_models import tiny_backbone_config
+
+    folder = tmp_path / "hf"
+    transformers.AutoModelForCausalLM.from_config(tiny_backbone_config("llama")).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] *= 2  # another model's config beside these weights
+    (folder / "config.json").write_text(json.dumps(config))
+    result = run_tool("import", "--hf", folder, "--save", tmp_path / "megatron")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot load a Hugging Face model from {folder}: "
+                                                             "its config.json does not fit its weights")
+    assert "mlp" in result.stderr and not (tmp_path / "megatron").exists()

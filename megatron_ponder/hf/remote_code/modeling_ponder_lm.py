@@ -270,6 +270,19 @@ class PonderLMForCausalLM(PreTrainedModel):
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
+    def _check_prompt(self, input_ids: Tensor) -> None:
+        """Prompts the backbone cannot embed fail here with a plain message, not deep in a layer
+        (an empty prompt: a reshape error; an id outside the vocabulary: an IndexError on CPU, a
+        device-side assert on a GPU). One host synchronisation per ``generate`` call."""
+        if input_ids.dim() != 2 or input_ids.size(1) == 0:
+            raise ValueError(f"input_ids must be [batch, prompt length] with at least one token per row, got shape "
+                             f"{tuple(input_ids.shape)}: start the prompt with the tokenizer's BOS or EOS id")
+        vocab = self.get_input_embeddings().num_embeddings
+        low, high = (int(v) for v in torch.stack([input_ids.min(), input_ids.max()]).tolist())
+        if low < 0 or high >= vocab:
+            raise ValueError(f"input_ids holds token id {low if low < 0 else high}, outside this model's vocabulary "
+                             f"0..{vocab - 1}: encode the prompt with the tokenizer saved with the model")
+
     def generate(
         self,
         input_ids: Tensor,
@@ -326,12 +339,15 @@ class PonderLMForCausalLM(PreTrainedModel):
         for name, value in kwargs.items():
             if name not in _IGNORED_GENERATE_KWARGS or value != _IGNORED_GENERATE_KWARGS[name]:
                 raise ValueError(f"PonderLMForCausalLM.generate does not support {name}={value!r}")
+        self._check_prompt(input_ids)
         if max_new_tokens is None:
             if max_length is None:
                 raise ValueError("generate() needs max_new_tokens (or max_length)")
             max_new_tokens = max_length - input_ids.size(1)
-        if max_new_tokens < 1:
-            return input_ids
+            if max_new_tokens < 1:  # the prompt already fills max_length
+                return input_ids
+        elif max_new_tokens < 1:  # stock transformers' check, same words
+            raise ValueError(f"`max_new_tokens` must be greater than 0, but is {max_new_tokens}.")
         # A model built from its config (not from_pretrained) has no generation_config attribute.
         generation_config = getattr(self, "generation_config", None)
         if eos_token_id is None:
