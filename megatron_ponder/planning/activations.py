@@ -4,7 +4,9 @@ Counted tensor by tensor from what Megatron-Core 0.16 saves for autograd (storag
 keeps its whole base alive), for the two kernel profiles of :class:`~.shapes.Precision`:
 
 * ``local`` (Megatron's local spec, as this project runs on CPU and tests measure): norms save
-  input and statistics (torch's RMSNorm also its normalised input); every linear saves its input;
+  input and statistics (torch's RMSNorm on CPU, i.e. fp32 runs, also its normalised input: its
+  composite form; on CUDA the fused RMSNorm kernel keeps input and rstd only, as measured on the
+  fake GPU by ``tools/plan_run.py --measure``); every linear saves its input;
   the SDPA core attention (default) saves q, k, v (not GQA-expanded; K/V all-gathered under CP),
   its output, the fp32 log-sum-exp and, under CP, its [s, s*cp] mask as an additive float mask;
   the unfused one (Megatron's DotProductAttention) saves q and the (GQA-expanded) k, v for the two
@@ -64,7 +66,10 @@ def _norm_bytes(ctx: ActivationContext, slots: int, batch: int, followed_by_line
     if p.kernels == "te":
         # TE LayerNormLinear: input, FP8/BF16 normalised output; a bare TENorm: input only.
         return x * e + stats + (x * p.linear_input_bytes if followed_by_linear else 0.0)
-    saved_normalised = x * e if m.normalization == "RMSNorm" else 0.0  # torch's composite RMSNorm
+    # torch's RMSNorm: on CPU (fp32 runs) its composite form also keeps the normalised input; on
+    # CUDA (16-bit runs) the fused kernel keeps only its input and rstd, as LayerNorm does.
+    composite = m.normalization == "RMSNorm" and p.name == "fp32"
+    saved_normalised = x * e if composite else 0.0
     return x * e + saved_normalised + stats + (x * e if followed_by_linear else 0.0)
 
 
@@ -151,6 +156,34 @@ def recompute_working_bytes(ctx: ActivationContext, slots: int, batch: int, reco
     return layer_bytes(ctx, slots, batch, "none") - layer_bytes(ctx, slots, batch, recompute)
 
 
+def backward_temporaries_bytes(ctx: ActivationContext, slots: int, batch: int) -> float:
+    """The largest transient of a layer's backward beyond what autograd saved (0 for ``te``).
+
+    ``local`` kernels: without gradient-accumulation fusion (Transformer Engine's, or apex's
+    ``fused_weight_gradient_mlp_cuda``) each weight gradient is materialised in the activation
+    dtype before it is added to the fp32 main grad, so the largest weight of the rank (fc1 for
+    LLaMA shapes) is briefly held twice; Megatron's unfused attention holds the gradients of the
+    s x s probabilities (fp32) and scores at once. Whichever is larger (they do not overlap).
+    Measured on the fake GPU (``tools/plan_run.py --measure``): 70B at TP=2 holds 0.48 GiB over
+    the saved tensors at its peak, fc1's gradient is 0.44 GiB; 7B unfused at TP=8, L=4096:
+    0.39 GiB, the s x s term 0.375 GiB. TE/flash attention accumulate in place / recompute tiles.
+    """
+    m, p, tp = ctx.model, ctx.precision, ctx.tp
+    if p.kernels != "local":
+        return 0.0
+    e = p.activation_bytes
+    h, d = m.hidden_size, m.kv_channels
+    fc1 = h * m.ffn_hidden_size * (2 if m.gated_linear_unit else 1)
+    weights = (h * (m.num_attention_heads + 2 * m.num_query_groups) * d, m.num_attention_heads * d * h, fc1,
+               m.ffn_hidden_size * h)
+    largest_weight_grad = max(weights) / tp * e
+    scores_grad = 0.0
+    if p.local_attention == "unfused":
+        keys = slots * ctx.layout.cp
+        scores_grad = batch * m.num_attention_heads / tp * slots * keys * (4 + e)
+    return max(largest_weight_grad, scores_grad)
+
+
 def rotary_table_bytes(ctx: ActivationContext, slots: int) -> float:
     """Full recompute checkpoints receive the pass's RoPE table [slots, 1, 1, d] as an input."""
     if ctx.model.position_embedding_type != "rope" or ctx.precision.kernels == "te":
@@ -181,7 +214,12 @@ def head_bytes(ctx: ActivationContext, slots: int, tokens: int, batch: int, kind
     output_input = slots * batch * m.hidden_size / ctx.sp_div * e
     vocab = tokens * batch * m.vocab_size / tp
     if kind == "ponder":
-        softmax = vocab * 4 if tp == 1 else 2 * vocab * 4 + tokens * batch * 4  # probs (+exp, sum)
+        if tp == 1:
+            softmax = vocab * 4  # torch.softmax keeps its fp32 output
+        else:
+            # exp and the all-reduced row sum are kept; the fp32 probabilities themselves only when
+            # p @ E reads them in fp32 (16-bit runs keep their cast instead; measured on the fake GPU).
+            softmax = vocab * 4 + tokens * batch * 4 + (vocab * 4 if e == 4 else 0.0)
         cast = vocab * e if e != 4 else 0.0  # p cast to the embedding dtype for p @ E
         return norm + output_input + softmax + cast
     cross_entropy = vocab * 4 + tokens * batch * (1 + 8)  # fp32 exp(logits), target mask, target

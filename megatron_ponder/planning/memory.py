@@ -11,7 +11,8 @@ Weights and gradients are counted per rank from the parameters Megatron builds o
 
 Activations: the peak over the step of the bytes saved for backward, replaying the pipeline
 schedule in use (:mod:`.schedule`) with each (microbatch, pass) chunk sized by
-:mod:`.activations`; the worst pipeline rank is reported.
+:mod:`.activations`; on top of it the largest transient of a layer's backward
+(:func:`.activations.backward_temporaries_bytes`); the worst pipeline rank is reported.
 """
 
 from __future__ import annotations
@@ -131,6 +132,14 @@ def activation_peak(run: RunSpec, layout: Layout, stage: int, jacobi_rounds: int
     return peak_in_flight(order, sizes.__getitem__, extras.__getitem__)
 
 
+def backward_temporaries(run: RunSpec, layout: Layout, passes) -> float:
+    """Transient bytes of one layer's backward at the activation peak (the longest pass's)."""
+    ctx = act.ActivationContext(run.model, run.precision, layout)
+    tokens = run.seq_length // layout.cp
+    return max(act.backward_temporaries_bytes(ctx, spec.slots_per_token * tokens, layout.micro_batch_size)
+               for spec in passes)
+
+
 @dataclass
 class MemoryPlan:
     """Bytes on the most loaded GPU (the worst pipeline stage)."""
@@ -143,10 +152,11 @@ class MemoryPlan:
     optimizer_without_distributed: float
     activations_per_pass: List[float]  # one microbatch, every pass, on that stage
     activations: float  # peak over the step under the schedule
+    temporaries: float = 0.0  # backward transients on top of the activation peak (local kernels)
 
     @property
     def total(self) -> float:
-        return self.weights + self.grads + self.optimizer + self.activations
+        return self.weights + self.grads + self.optimizer + self.activations + self.temporaries
 
 
 def plan_memory(run: RunSpec, layout: Layout) -> MemoryPlan:
@@ -169,6 +179,7 @@ def plan_memory(run: RunSpec, layout: Layout) -> MemoryPlan:
             optimizer_without_distributed=params * state_bytes_per_param(run.precision, 1)["optimizer"],
             activations_per_pass=[pass_bytes(run, layout, stage, passes, v) for v in range(len(passes))],
             activations=activation_peak(run, layout, stage, rounds),
+            temporaries=backward_temporaries(run, layout, passes),
         )
         if best is None or plan.total > best.total:
             best = plan

@@ -27,6 +27,8 @@ def describe_plan(plan: Plan, utilisation_note: str) -> str:
         f"  optimizer            {_gib(mem.optimizer)}   (without distributed optimizer {_gib(mem.optimizer_without_distributed).strip()})",
         "  activations / pass   " + ", ".join(f"{b / GIB:.2f}" for b in mem.activations_per_pass) + " GiB (one microbatch)",
         f"  activations peak     {_gib(mem.activations)}   (schedule in flight, recompute working set)",
+        f"  backward temporaries {_gib(mem.temporaries)}   (a weight gradient before it joins the fp32 grad, "
+        "unfused attention's s x s gradients; local kernels)",
         f"  total                {_gib(mem.total)}   of {plan.memory_limit / GIB:.1f} GiB usable -> "
         + ("fits" if plan.fits else "DOES NOT FIT"),
         f"FLOPs per step         {t.flops:.3e} executed, {t.model_flops:.3e} model",
