@@ -10,7 +10,7 @@ first forward or changes nothing:
 | ``bias_dropout_fusion`` | ``--no-bias-dropout-fusion`` | CUDA + Triton: Megatron fuses bias-dropout-add with ``torch.compile``, whose GPU backend is Triton (on CPU it needs a C++ compiler and changes fp32 rounding) |
 | ``masked_softmax_fusion`` | ``--no-masked-softmax-fusion`` | CUDA + Megatron's fused softmax extensions (``scaled_masked_softmax_cuda``, ``scaled_upper_triang_masked_softmax_cuda``); used by the local spec's unfused attention |
 | ``apply_rope_fusion`` | ``--no-rope-fusion`` | Transformer Engine's fused RoPE (TE layer spec) |
-| ``gradient_accumulation_fusion`` | ``--no-gradient-accumulation-fusion`` | TE's fused weight-gradient accumulation (TE spec), or apex's ``fused_weight_gradient_mlp_cuda`` (local spec) |
+| ``gradient_accumulation_fusion`` | ``--no-gradient-accumulation-fusion`` | apex's ``fused_weight_gradient_mlp_cuda``, with either spec: the output layer is always Megatron's ``ColumnParallelLinear``, which refuses the fusion without it (TE's layers would fuse on their own) |
 
 On CPU none applies, so the CPU suite runs the same unfused code as before.
 """
@@ -53,6 +53,6 @@ def fusions_with_kernels(
         "masked_softmax_fusion": cuda and has_module("scaled_masked_softmax_cuda")
         and has_module("scaled_upper_triang_masked_softmax_cuda"),
         "apply_rope_fusion": te,
-        "gradient_accumulation_fusion": te or (cuda and has_module("fused_weight_gradient_mlp_cuda")),
+        "gradient_accumulation_fusion": cuda and has_module("fused_weight_gradient_mlp_cuda"),
     }
     return {field: bool(requested.get(field, True)) and available[field] for field in FUSION_FLAGS}
