@@ -5,6 +5,8 @@
         --gpus 64 --tp 4 --pp 2 --recompute selective
     python tools/plan_run.py --preset pythia-2.8b --mode ponder --ponder-steps 3 --gpus 64 --search
     python tools/plan_run.py --table > table.md        # the docs/planning.md table
+    python tools/plan_run.py --preset llama-7b --vocab-size 32000 --seq-length 4096 --gpus 8 --tp 8 \
+        --global-batch-size 8 --mode ponder --measure  # per-rank peak memory measured on CPU (fake GPU)
 
 The model and its assumptions: docs/planning.md; code: megatron_ponder/planning/.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 import sys
 import warnings
 
@@ -39,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--precision", choices=["bf16", "fp8"], default="bf16")
     run.add_argument("--kernels", choices=["te", "local"], default="te",
                      help="te: Transformer Engine + flash attention (GPU); local: Megatron's local spec")
+    run.add_argument("--local-attention", choices=["sdpa", "unfused"], default="sdpa",
+                     help="core attention of --kernels local (and of --measure): torch SDPA, or Megatron's "
+                          "unfused DotProductAttention")
     run.add_argument("--recompute", choices=["none", "selective", "full"], default="none")
     layout = parser.add_argument_group("layout (DP = GPUs / (TP*PP*CP))")
     layout.add_argument("--tp", type=int, default=1)
@@ -61,6 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     action.add_argument("--search", action="store_true", help="rank the layouts that fit on --gpus")
     action.add_argument("--top", type=int, default=10)
     action.add_argument("--table", action="store_true", help="print the docs/planning.md table (markdown)")
+    action.add_argument("--measure", action="store_true",
+                        help="also build the layout and run two real training steps on a fake GPU on CPU (no memory "
+                             "allocated; tools/fake_gpu.py), one process per rank, and print each rank's measured "
+                             "peak memory beside the planner's (docs/planning.md)")
+    action.add_argument("--measure-stages", type=int, nargs="+", metavar="STAGE",
+                        help="pipeline stages to measure (default: first, second and last)")
+    action.add_argument("--measure-kernels", choices=["gpu", "fallback"], default="gpu",
+                        help="gpu: SDPA and RMSNorm run as on a CUDA build (flash / memory-efficient attention, "
+                             "fused RMSNorm: their ops' saved tensors); fallback: as the fake device runs them "
+                             "(SDPA's math path keeps s x s probabilities, RMSNorm fp32 copies)")
+    action.add_argument("--measure-json", metavar="PATH",
+                        help="also write the measured and planned bytes per rank to PATH (JSON)")
+    action.add_argument("--measure-microbatches", type=int, metavar="M",
+                        help="microbatches per measured step (default: the fewest with the full step's planned peak)")
     return parser
 
 
@@ -68,7 +88,11 @@ def _model(args):
     from megatron_ponder.planning.shapes import ModelShape
 
     if args.preset:
-        return ModelShape.from_preset(args.preset, vocab_size=args.vocab_size, seq_length=args.seq_length)
+        shape = ModelShape.from_preset(args.preset, vocab_size=args.vocab_size, seq_length=args.seq_length)
+        # Shape flags given with a preset override it (e.g. fewer layers), as in the training entry point.
+        given = {f: getattr(args, f) for f in ("num_layers", "hidden_size", "num_attention_heads",
+                                               "num_query_groups", "ffn_hidden_size") if getattr(args, f) is not None}
+        return replace(shape, **given)
     missing = [f for f in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size") if getattr(args, f) is None]
     if missing:
         raise SystemExit(f"error: give --preset or all of {', '.join('--' + m.replace('_', '-') for m in missing)}")
@@ -87,10 +111,13 @@ def main(argv=None) -> int:
     from megatron_ponder.planning.step_time import DEFAULT_UTILISATION
     from megatron_ponder.planning.table import planning_table
 
+    if args.measure and (args.search or args.table):
+        raise SystemExit("error: --measure measures one layout: drop --search / --table")
     if args.table:
         print(planning_table(args.seq_length, args.global_batch_size, args.precision, args.mfu))
         return 0
-    for flag in ("gpus", "gpus_per_node", "tp", "pp", "cp", "micro_batch_size", "global_batch_size", "seq_length"):
+    for flag in ("gpus", "gpus_per_node", "tp", "pp", "cp", "micro_batch_size", "global_batch_size", "seq_length",
+                 "measure_microbatches"):
         if getattr(args, flag, 1) is not None and getattr(args, flag, 1) < 1:
             raise SystemExit(f"error: --{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     try:
@@ -98,7 +125,7 @@ def main(argv=None) -> int:
             _model(args),
             Method(args.mode, ponder_steps=args.ponder_steps, num_latent_thoughts=args.num_latent_thoughts,
                    jacobi_rounds=tuple(args.jacobi_rounds)),
-            args.seq_length, args.global_batch_size, Precision(args.precision, args.kernels),
+            args.seq_length, args.global_batch_size, Precision(args.precision, args.kernels, args.local_attention),
         )
         cluster = Cluster(
             num_gpus=args.gpus, gpus_per_node=args.gpus_per_node, memory_gib=args.gpu_memory_gib,
@@ -129,7 +156,14 @@ def main(argv=None) -> int:
         plan = plan_layout(run, layout, cluster, utilisation)
     except ValueError as error:
         raise SystemExit(f"error: {error}") from None
-    print(describe_plan(plan, f"{utilisation:.0%} of {cluster.peak_flops(run.precision) / 1e12:.0f} TFLOP/s"))
+    print(describe_plan(plan, f"{utilisation:.0%} of {cluster.peak_flops(run.precision) / 1e12:.0f} TFLOP/s"),
+          flush=True)
+    if args.measure:
+        from megatron_ponder.training.presets import PRESETS
+        from plan_measure import measure_and_report
+
+        architecture = PRESETS[args.preset]["architecture"] if args.preset else args.style
+        return measure_and_report(args, run, layout, architecture)
     return 0
 
 
