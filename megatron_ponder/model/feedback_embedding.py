@@ -98,7 +98,8 @@ def finalize_ponder_model_grads(model: List[torch.nn.Module], num_tokens=None, p
     if needs_feedback_embedding(inner):
         _allreduce_embedding_grad(
             model,
-            parallel_state.get_embedding_group(),
+            # None on a middle stage (not in the group): Megatron's helper then skips the reduction.
+            parallel_state.get_embedding_group(check_initialized=False),
             parallel_state.get_pipeline_model_parallel_group(),
             _stage_table,
         )

@@ -44,6 +44,8 @@ LAYOUTS = (
     Layout("pp2-last", pp=2, rank=1),
     Layout("dp2-distopt", dp=2, rank=1),
     Layout("cp2", cp=2, rank=1),
+    # A middle stage: in no embedding group (ponder's untied feedback copy lives on the first and last).
+    Layout("pp4-middle", pp=4, rank=1),
 )
 
 SEQ_LENGTH = 16
@@ -55,7 +57,7 @@ def run_flags(mode: str, layout: Layout) -> List[str]:
     pipeline stage and data-parallel rank, so the pipeline schedules interleave)."""
     flags = [
         "--mock-data", "--transformer-impl", "local", "--bf16",
-        "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--num-query-groups", "2",
+        "--num-layers", str(max(2, layout.pp)), "--hidden-size", "32", "--num-attention-heads", "4", "--num-query-groups", "2",
         "--ffn-hidden-size", "48", "--seq-length", str(SEQ_LENGTH), "--vocab-size", "64",
         "--micro-batch-size", str(MICRO_BATCH), "--global-batch-size", str(2 * MICRO_BATCH * layout.dp * layout.pp),
         "--train-iters", "4", "--eval-iters", "1",
