@@ -171,7 +171,8 @@ def save_checkpoint(
         "consumed_samples": consumed_samples,
         "args": run_args,
     }
-    state["scheduler"] = scheduler.state_dict()
+    if scheduler is not None:
+        state["scheduler"] = scheduler.state_dict()
     if save_optimizer:
         state["optimizer"] = _optimizer_sharded_state_dict(optimizer, model_state, False, distributed_optimizer)
     else:

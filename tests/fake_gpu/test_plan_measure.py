@@ -10,6 +10,7 @@ saved. The activation figures are compared with a tolerance (the planner is a mo
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -71,4 +72,6 @@ def test_measure_refuses_bad_input_in_one_line(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert done.returncode != 0
-    assert done.stderr.strip().splitlines() == ["error: --measure-stages 5 is not a pipeline stage of --pp 2 (0..1)"]
+    # torch's CUDA wheels log "W... No CUDA runtime is found" on a CPU machine: torch's line, not ours.
+    lines = [line for line in done.stderr.strip().splitlines() if not re.match(r"[WI]\d{4} ", line)]
+    assert lines == ["error: --measure-stages 5 is not a pipeline stage of --pp 2 (0..1)"]
