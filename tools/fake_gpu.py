@@ -75,9 +75,13 @@ class _FakeGpuModule(types.ModuleType):
     def __init__(self):
         super().__init__(DEVICE_TYPE)
         self.current_index = 0
+        # Only inside fake_gpu(): the registration outlives it (torch cannot undo it), and code run
+        # later in the process asks whether a PrivateUse1 device exists (torch.distributed.checkpoint
+        # then streams through the device's current_stream, which this module does not have).
+        self.active = False
 
     def is_available(self) -> bool:
-        return True
+        return self.active
 
     def is_initialized(self) -> bool:
         return True
@@ -125,7 +129,7 @@ def register_fake_gpu_device() -> None:
 
     class _Hooks(acc.PrivateUse1Hooks):
         def is_available(self) -> bool:
-            return True
+            return _MODULE is not None and _MODULE.active
 
         def has_primary_context(self, device_index) -> bool:
             return True
@@ -608,9 +612,10 @@ def fake_gpu(world_size: int = 1, rank: int = 0, local_rank: Optional[int] = Non
     index = rank % DEVICES_PER_NODE if local_rank is None else local_rank
     with contextlib.ExitStack() as stack:
         stack.callback(patches.restore)
-        previous_index = _MODULE.current_index
-        _MODULE.current_index = index
+        previous_index, previously_active = _MODULE.current_index, _MODULE.active
+        _MODULE.current_index, _MODULE.active = index, True
         stack.callback(setattr, _MODULE, "current_index", previous_index)
+        stack.callback(setattr, _MODULE, "active", previously_active)
         stack.enter_context(_megatron_globals_kept())
         stack.enter_context(_real_world_set_aside())
         _patch_cuda(patches, fake_mode)

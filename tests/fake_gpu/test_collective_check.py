@@ -55,3 +55,11 @@ def test_everything_is_restored(megatron_world_of_one):
     value = torch.full((2,), 3.0)
     dist.all_reduce(value)
     assert value.tolist() == [3.0, 3.0]  # a real tensor with real values again
+
+
+def test_the_fake_device_is_absent_outside_the_harness():
+    """torch keeps the PrivateUse1 registration for the process; code after the harness (e.g.
+    torch.distributed.checkpoint, which streams through an available accelerator) must not see it."""
+    with fake_gpu():
+        assert getattr(torch, DEVICE_TYPE).is_available()
+    assert not getattr(torch, DEVICE_TYPE).is_available()
