@@ -28,6 +28,14 @@ from typing import Optional
 _PR_SET_PDEATHSIG = 1
 _parent_pid: Optional[int] = None
 _installed = False
+_prctl = None  # libc's prctl, looked up before any fork: a forked child must not dlopen
+
+
+def _libc_prctl():
+    global _prctl
+    if _prctl is None:
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return _prctl
 
 
 def die_with_parent(parent_pid: Optional[int] = None) -> bool:
@@ -41,8 +49,7 @@ def die_with_parent(parent_pid: Optional[int] = None) -> bool:
     if parent_pid is None:
         parent = multiprocessing.parent_process()
         parent_pid = parent.pid if parent is not None else os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+    if _libc_prctl()(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         return False
     if os.getppid() != parent_pid:  # the parent died before the request took effect
         os._exit(1)
@@ -61,7 +68,8 @@ def _child_after_fork() -> None:
 def end_children_with_this_process() -> None:
     """From now on every child this process forks dies with it (idempotent)."""
     global _installed
-    if _installed or not hasattr(os, "register_at_fork"):
+    if _installed or not hasattr(os, "register_at_fork") or not sys.platform.startswith("linux"):
         return
+    _libc_prctl()
     os.register_at_fork(before=_remember_parent, after_in_child=_child_after_fork)
     _installed = True
