@@ -63,6 +63,11 @@ def train(args) -> dict:
     train_set, valid_set = prepare_data(args)
     verify_resume(args)  # the checkpoint's shape/method flags = these
     config = model_config(args)
+    from megatron_ponder.training.fusions import FUSION_FLAGS
+
+    # The flags above say what was asked for; these are what this machine's kernels allow.
+    print_rank0("kernel fusions: " + ", ".join(f"{field} {'on' if getattr(config, field) else 'off'}"
+                                              for field in FUSION_FLAGS))
     model, chunks, optimizer, scheduler = build_training_state(args, config)
 
     start_iteration, consumed = 0, 0

@@ -202,7 +202,12 @@ def _schedule_flags(parser: argparse.ArgumentParser) -> None:
                        help="stop (after saving, with --save) once the iteration is a multiple of this")
     batch.add_argument("--lr", type=float, default=3e-3)
     batch.add_argument("--min-lr", type=float, default=3e-4)
-    batch.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine"], default="cosine")
+    batch.add_argument("--lr-decay-style", choices=["constant", "linear", "cosine", "WSD"], default="cosine",
+                       help="WSD: warm-up, stable at --lr, then the last --lr-wsd-decay-iters decay to --min-lr")
+    batch.add_argument("--lr-wsd-decay-style", choices=["exponential", "linear", "cosine", "minus_sqrt"],
+                       default="exponential", help="WSD: the shape of its final decay (Megatron-LM's default)")
+    batch.add_argument("--lr-wsd-decay-iters", type=int, default=None,
+                       help="WSD: iterations of the final decay, at the end of --lr-decay-iters")
     batch.add_argument("--lr-warmup-iters", type=int, default=None, help="default: min(20, decay iters / 5)")
     batch.add_argument("--lr-warmup-fraction", type=float, default=None,
                        help="warm-up as a fraction of --lr-decay-iters (instead of --lr-warmup-iters)")
@@ -397,6 +402,10 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
         # Passes run as virtual stages of Megatron's interleaved schedule, which needs this.
         fail(f"{microbatches} microbatches per step is not a multiple of {pp} pipeline stages: "
              "adjust --global-batch-size")
+    if args.lr_decay_style == "WSD" and (args.lr_wsd_decay_iters is None
+                                         or args.lr_wsd_decay_iters > args.lr_decay_iters - warmup_iters(args)):
+        fail("--lr-decay-style WSD needs --lr-wsd-decay-iters N, at most --lr-decay-iters minus the warm-up "
+             f"({args.lr_decay_iters} - {warmup_iters(args)}), got {args.lr_wsd_decay_iters}")
     if not 0 <= warmup_iters(args) < args.lr_decay_iters:
         fail(f"--lr-warmup-iters {warmup_iters(args)} must be >= 0 and below --lr-decay-iters "
              f"{args.lr_decay_iters}")

@@ -99,6 +99,10 @@ def build_training_state(args, config):
         lr_warmup_steps=args.lr_warmup_iters * args.global_batch_size,
         lr_decay_steps=args.lr_decay_iters * args.global_batch_size,
         lr_decay_style=args.lr_decay_style,
+        # WSD (Megatron-LM's flags): the last lr_wsd_decay_iters of the decay anneal to min_lr.
+        wsd_decay_steps=(args.lr_wsd_decay_iters * args.global_batch_size
+                         if getattr(args, "lr_wsd_decay_iters", None) else None),
+        lr_wsd_decay_style=getattr(args, "lr_wsd_decay_style", None),
         start_wd=args.weight_decay,
         end_wd=args.weight_decay,
         wd_incr_steps=args.train_iters * args.global_batch_size,

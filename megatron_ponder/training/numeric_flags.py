@@ -55,7 +55,7 @@ NUMERIC_FLAGS = {
     # batch and schedule
     "micro_batch_size": AT_LEAST_ONE, "global_batch_size": AT_LEAST_ONE, "train_iters": AT_LEAST_ONE,
     "exit_interval": AT_LEAST_ONE, "lr": NON_NEGATIVE, "min_lr": NON_NEGATIVE, "lr_warmup_iters": NON_NEGATIVE, "lr_warmup_fraction": PROBABILITY,
-    "lr_decay_iters": AT_LEAST_ONE, "weight_decay": NON_NEGATIVE, "adam_beta1": PROBABILITY,
+    "lr_decay_iters": AT_LEAST_ONE, "lr_wsd_decay_iters": AT_LEAST_ONE, "weight_decay": NON_NEGATIVE, "adam_beta1": PROBABILITY,
     "adam_beta2": PROBABILITY, "adam_eps": POSITIVE, "clip_grad": NON_NEGATIVE, "seed": NON_NEGATIVE,
     # precision and memory
     "fp8_amax_history_len": AT_LEAST_ONE, "recompute_num_layers": AT_LEAST_ONE,
