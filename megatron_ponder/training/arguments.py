@@ -131,8 +131,10 @@ def _model_flags(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--make-vocab-size-divisible-by", type=int, default=128)
     model.add_argument("--init-method-std", type=float, default=0.02)
     model.add_argument("--init-style", choices=["megatron", "ponderlm"], default="megatron",
-                       help="ponderlm: the papers' init, trunc-normal std sqrt(2/(5h)) at 3 sigma, output projections "
-                            "scaled down by mode (replaces --init-method-std; docs/papers.md)")
+                       help="default megatron (Megatron-LM's normal init, --init-method-std). ponderlm: the papers' "
+                            "init, trunc-normal std sqrt(2/(5h)) at 3 sigma, output projections scaled down by mode "
+                            "(replaces --init-method-std; docs/papers.md). The main job passes ponderlm: it trained "
+                            "every mode better (docs/training_dynamics.md); pass it in your own scripts too")
     # Shape details of imported models (tools/convert_checkpoint.py import prints the flags).
     model.add_argument("--norm-epsilon", type=float, default=1e-5, help="epsilon of every LayerNorm/RMSNorm")
     model.add_argument("--rotary-base", type=int, default=10000, help="RoPE theta")
