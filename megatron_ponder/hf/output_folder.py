@@ -17,27 +17,25 @@ contains.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
-from megatron_ponder.training.checkpointing import LATEST_FILE
+from megatron_ponder.training.checkpointing import LATEST_FILE, is_checkpoint_folder_name
 from megatron_ponder.training.run_lock import LOCK_NAME
 
 CHECKPOINT_FILES = (LATEST_FILE, LOCK_NAME, "metadata.json", ".metadata")
-CHECKPOINT_FOLDER = re.compile(r"iter_\d{7}$")
 
 
 def _first_checkpoint_mark(folder: Path) -> Optional[Path]:
     """The first file or folder below ``folder`` (itself included) that marks a checkpoint or a run."""
     for root, dirs, files in os.walk(folder):
-        if CHECKPOINT_FOLDER.match(os.path.basename(root)):
+        if is_checkpoint_folder_name(os.path.basename(root)):
             return Path(root)
         for name in files:
             if name in CHECKPOINT_FILES:
                 return Path(root) / name
         for name in dirs:
-            if CHECKPOINT_FOLDER.match(name):
+            if is_checkpoint_folder_name(name):
                 return Path(root) / name
     return None
 

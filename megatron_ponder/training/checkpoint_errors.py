@@ -141,9 +141,14 @@ def read_failure(folder: str, error: BaseException) -> str:
     """The one-line message for a checkpoint that failed to load."""
     damaged = damaged_file(folder)
     if damaged:
-        return f"cannot load checkpoint {folder}: {damaged}: restore the file, or point " \
-               "latest_checkpointed_iteration.txt at an earlier iter_* folder"
+        return damaged_load_message(folder, damaged)
     return f"cannot load checkpoint {folder}: {_first_line(error)}"
+
+
+def damaged_load_message(folder: str, damaged: str) -> str:
+    """The one-line message for a checkpoint with a damaged file (``damaged``: "PATH: cause")."""
+    return (f"cannot load checkpoint {folder}: {damaged}: restore the file, or point "
+            "latest_checkpointed_iteration.txt at an earlier iter_* folder")
 
 
 def write_failure(folder: str, error: BaseException) -> str:

@@ -41,7 +41,12 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 
-from megatron_ponder.training.checkpoint_errors import CHECKPOINT_FAILURES, read_failure, write_failure
+from megatron_ponder.training.checkpoint_errors import (
+    CHECKPOINT_FAILURES,
+    damaged_load_message,
+    read_failure,
+    write_failure,
+)
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 
@@ -76,6 +81,12 @@ def _fault_injection_point(name: str, iteration: int) -> None:
 
 def checkpoint_dir(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
+
+
+def is_checkpoint_folder_name(name: str) -> bool:
+    """Whether ``name`` is what :func:`checkpoint_dir` calls a checkpoint folder (``iter_`` and at least
+    7 digits: more past iteration 9,999,999)."""
+    return name.startswith("iter_") and len(name) >= 12 and name[5:].isdigit()
 
 
 def latest_iteration(root: str) -> Optional[int]:
@@ -153,7 +164,8 @@ def save_checkpoint(
 
     ``save_optimizer=False`` (``--no-save-optim``) writes weights, iteration, data position,
     generators and the LR/WD schedule's state (a few numbers: a resume with ``--no-load-optim``
-    continues the schedule instead of warming up again) but no optimizer state. ``keep_last``: afterwards delete all but the newest ``keep_last`` folders.
+    continues the schedule instead of warming up again) but no optimizer state. ``keep_last``:
+    afterwards delete all but the newest ``keep_last`` folders.
     With ``async_saves`` (``--async-save``) the shards are written in the background and None is
     returned: the pointer and the retention follow in ``async_saves.maybe_finalize_async_calls``,
     which returns the folder once it is complete on every rank.
@@ -321,8 +333,7 @@ def verify_checkpoint_files(folder: str) -> None:
 
     damaged = damaged_by_checksum(folder)
     if damaged:
-        raise CheckpointError(f"cannot load checkpoint {folder}: {damaged}: restore the file, or point "
-                              f"{LATEST_FILE} at an earlier iter_* folder")
+        raise CheckpointError(damaged_load_message(folder, damaged))
 
 
 def _fresh_folder(root: str, iteration: int) -> str:
@@ -356,8 +367,7 @@ def delete_old_checkpoints(root: str, keep_last: int) -> None:
     """Rank 0 removes all but the newest ``keep_last`` complete ``iter_*`` folders (never the latest)."""
     if dist.get_rank() == 0:
         latest = latest_iteration(root)
-        iterations = sorted(int(name[5:]) for name in os.listdir(root)
-                            if name.startswith("iter_") and name[5:].isdigit())
+        iterations = sorted(int(name[5:]) for name in os.listdir(root) if is_checkpoint_folder_name(name))
         for iteration in iterations[:-keep_last]:
             if iteration != latest:
                 shutil.rmtree(checkpoint_dir(root, iteration), ignore_errors=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 from typing import Any, Dict, List, Optional
 
 # Flags that decide the weights' shapes: they must match, or the checkpoint cannot load.
@@ -154,7 +153,12 @@ def _same_folder(a: Optional[str], b: Optional[str]) -> bool:
 
 def check_run_folders(args: argparse.Namespace) -> None:
     """The folder rules of the module docstring (same answer on every rank: files only)."""
-    from megatron_ponder.training.checkpointing import LATEST_FILE, CheckpointError, latest_iteration
+    from megatron_ponder.training.checkpointing import (
+        LATEST_FILE,
+        CheckpointError,
+        is_checkpoint_folder_name,
+        latest_iteration,
+    )
 
     saved = latest_iteration(args.save) if args.save and os.path.isdir(args.save) else None
     continuing = _same_folder(args.load, args.save)
@@ -163,7 +167,7 @@ def check_run_folders(args: argparse.Namespace) -> None:
             raise CheckpointError(f"--load {args.load} does not exist: fix the path, or drop --load to start "
                                   "from scratch")
         if latest_iteration(args.load) is None:
-            if re.fullmatch(r"iter_\d{7}", os.path.basename(os.path.normpath(args.load))):
+            if is_checkpoint_folder_name(os.path.basename(os.path.normpath(args.load))):
                 parent = os.path.dirname(os.path.normpath(args.load))
                 raise CheckpointError(f"--load {args.load} is one checkpoint (an iter_* folder): --load takes the run "
                                       f"folder, --load {parent} (it resumes from the iteration {LATEST_FILE} names)")
