@@ -41,6 +41,11 @@ class PonderConfig(TransformerConfig):
     ponder_accumulate: bool = True
     """Ponder mode: ``cur = cur + p @ E`` (True, the reference code) or ``cur = e_0 + p @ E``."""
 
+    ponder_grad_steps: Optional[int] = None
+    """Ponder mode: K, backpropagate through the last K feedback passes only; the first S-K run
+    without autograd and their running sum enters pass S-K+1 detached (truncated backprop).
+    None: through all S (the papers)."""
+
     ponder_vocab_size: Optional[int] = None
     """Ponder mode: rows of the embedding that are real tokens; rows past it (vocabulary padding)
     get probability 0 in the mixture. None: every row is a token."""
@@ -59,6 +64,11 @@ class PonderConfig(TransformerConfig):
     jacobi_train_rounds: Tuple[int, int] = (2, 3)
     """Latent mode: inclusive range [lo, hi] from which the Jacobi round count J of a training
     step is drawn uniformly (the same J on every rank, see :meth:`jacobi_rounds_for_iteration`)."""
+
+    jacobi_grad_rounds: Optional[int] = None
+    """Latent mode: K, backpropagate through the last K Jacobi rounds of a training step only;
+    the initial-thought passes and the first J-K rounds run without autograd and their thoughts
+    enter round J-K+1 detached (truncated backprop; K >= J keeps all). None: all (the papers)."""
 
     jacobi_eval_rounds: int = 3
     """Latent mode: J used when the model is in eval mode."""
@@ -96,6 +106,10 @@ class PonderConfig(TransformerConfig):
             fail("ponder_mode", f"must be one of {', '.join(PONDER_MODES)}; got {self.ponder_mode!r}")
         if not isinstance(self.ponder_steps, int) or self.ponder_steps < 1:
             fail("ponder_steps", f"must be an integer >= 1; got {self.ponder_steps!r}")
+        for field in ("ponder_grad_steps", "jacobi_grad_rounds"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                fail(field, f"must be an integer >= 1 or None (all); got {value!r}")
         if self.ponder_vocab_size is not None and self.ponder_vocab_size < 1:
             fail("ponder_vocab_size", f"must be >= 1 or None; got {self.ponder_vocab_size!r}")
         if self.ponder_topk is not None:

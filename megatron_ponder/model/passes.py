@@ -25,7 +25,7 @@ Shapes are Megatron's [s, b, h]; L is the number of (local) tokens, so a pass's 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
@@ -62,6 +62,10 @@ class Pass:
         (ponder accumulate: the running sum; latent passes read nothing back: they build every
         thought from their output), which the pipeline carries from the first to the last stage.
     feedback_blocks: L-blocks of state it hands to the next pass (0 for ``FINAL``).
+    builds_graph: whether a training step keeps this pass's autograd graph. False only for the
+        leading passes that ``--jacobi-grad-rounds`` / ``--ponder-grad-steps`` run without
+        autograd (truncated backpropagation: the state they hand on enters the next pass
+        detached, so they keep no activations and have no backward).
     """
 
     index: int
@@ -70,6 +74,7 @@ class Pass:
     state_blocks: int
     carried_blocks: int
     feedback_blocks: int
+    builds_graph: bool = True
 
 
 PassPlan = Tuple[Pass, ...]
@@ -81,8 +86,40 @@ def plan_passes(
     ponder_accumulate: bool = True,
     num_latent_thoughts: int = 0,
     jacobi_rounds: int = 0,
+    ponder_grad_steps: Optional[int] = None,
+    jacobi_grad_rounds: Optional[int] = None,
 ) -> PassPlan:
-    """The ordered passes of one step for the method's fields (``PonderConfig``'s names)."""
+    """The ordered passes of one step for the method's fields (``PonderConfig``'s names).
+
+    ``ponder_grad_steps`` K (ponder) / ``jacobi_grad_rounds`` K (latent): only the last K feedback
+    passes / Jacobi rounds (and the final pass) build the autograd graph; every pass before them
+    (the first S-K ponder passes; the initial-thought passes and the first J-K rounds) has
+    ``builds_graph=False``. None, or K at least the passes there are, keeps every graph (the
+    papers).
+    """
+    plan = _method_passes(mode, ponder_steps, ponder_accumulate, num_latent_thoughts, jacobi_rounds)
+    if mode == "ponder":
+        without_graph = _leading_passes_without_graph(ponder_steps, ponder_grad_steps, 0)
+    elif mode == "latent":
+        without_graph = _leading_passes_without_graph(jacobi_rounds, jacobi_grad_rounds, num_latent_thoughts)
+    else:
+        without_graph = 0
+    return tuple(replace(p, builds_graph=False) if p.index < without_graph else p for p in plan)
+
+
+def _leading_passes_without_graph(repeats: int, grad_repeats: Optional[int], passes_before: int) -> int:
+    """Passes at the start of a plan that run without autograd: the ``passes_before`` passes and
+    the first ``repeats - grad_repeats`` of the ``repeats`` that follow them; 0 when every
+    repeat builds its graph (``grad_repeats`` None or >= ``repeats``)."""
+    if grad_repeats is None or grad_repeats >= repeats:
+        return 0
+    return passes_before + repeats - grad_repeats
+
+
+def _method_passes(
+    mode: str, ponder_steps: int, ponder_accumulate: bool, num_latent_thoughts: int, jacobi_rounds: int
+) -> PassPlan:
+    """Every pass of the step, each building its graph (see :func:`plan_passes`)."""
     if mode == "none":
         return (Pass(0, PassKind.FINAL, 1, 0, 0, 0),)
     if mode == "ponder":
@@ -113,6 +150,8 @@ def plan_for_config(config, jacobi_rounds: int) -> PassPlan:
         config.ponder_accumulate,
         config.num_latent_thoughts,
         jacobi_rounds if config.ponder_mode == "latent" else 0,
+        config.ponder_grad_steps,
+        config.jacobi_grad_rounds,
     )
 
 

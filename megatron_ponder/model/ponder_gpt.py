@@ -8,13 +8,15 @@ norm) and the output layer are GPTModel's own modules; only ``forward`` changes:
   run one after the other on this stage by :meth:`PonderGPTModel.run_plan`. The mixture of
   ponder feedback is dense, FP8 or top-K (:meth:`PonderGPTModel.ponder_mixture`).
 
-Activations are [s, b, h] as everywhere in Megatron-Core. Gradients flow through every pass.
+Activations are [s, b, h] as everywhere in Megatron-Core. Gradients flow through every pass
+(unless ``ponder_grad_steps`` / ``jacobi_grad_rounds`` truncate them, see ``Pass.builds_graph``).
 """
 
 from __future__ import annotations
 
 from typing import List, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from megatron.core.models.gpt import GPTModel
@@ -163,12 +165,15 @@ class PonderGPTModel(GPTModel):
         state: Optional[Tensor] = None
         residuals: List[Tensor] = []
         for p in plan:
-            output = self.transformer_pass(
-                first_stage_input(p, token_inputs, state), *layouts(p.slots_per_token)
-            )
-            if p.kind is PassKind.FINAL:
-                return self.output_logits(final_hidden(p, output), runtime_gather_output), stack_residuals(residuals, output.device)
-            feedback = pass_feedback(p, output, carried_state(p, state), self)
+            # Truncated backprop (--ponder-grad-steps / --jacobi-grad-rounds): a leading pass
+            # without a graph keeps no activations; its state reaches the next pass detached.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and p.builds_graph):
+                output = self.transformer_pass(
+                    first_stage_input(p, token_inputs, state), *layouts(p.slots_per_token)
+                )
+                if p.kind is PassKind.FINAL:
+                    return self.output_logits(final_hidden(p, output), runtime_gather_output), stack_residuals(residuals, output.device)
+                feedback = pass_feedback(p, output, carried_state(p, state), self)
             if p.kind is PassKind.JACOBI_ROUND:
                 residuals.append(jacobi_residual(state, feedback))
             state = feedback

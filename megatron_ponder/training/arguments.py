@@ -43,6 +43,19 @@ def _input_scale(text: str):
         raise argparse.ArgumentTypeError(f"expected a number or {SQRT_HIDDEN}, got {text!r}") from None
 
 
+def _grad_count(text: str):
+    """``all`` -> None (every pass keeps its graph), else an integer K >= 1."""
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count: give an integer >= 1 or all")
+    return value
+
+
 def _jacobi_range(text: str):
     """``"3"`` -> (3, 3); ``"2,3"`` or ``"2-3"`` -> (2, 3)."""
     parts = text.replace("-", ",").split(",")
@@ -158,6 +171,9 @@ def _method_flags(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--ponder-accumulate", action=argparse.BooleanOptionalAction, default=True,
                         help="ponder: cur += p@E (default), or with --no-ponder-accumulate cur = e_0 + p@E")
     _old_spelling(method, "--ponder-replace", dest="ponder_accumulate", action="store_false")
+    method.add_argument("--ponder-grad-steps", type=_grad_count, default=None, metavar="K|all",
+                        help="ponder: backpropagate through the last K feedback passes only; the first S-K run "
+                             "without autograd (default all, the papers)")
     method.add_argument("--ponder-topk", type=int, default=None, metavar="K",
                         help="ponder: mix only the K most probable tokens (softmax over their K logits; "
                              "default: the whole vocabulary)")
@@ -169,6 +185,10 @@ def _method_flags(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--jacobi-train-rounds", type=_jacobi_range, default=(2, 3), metavar="LO,HI",
                         help="latent: Jacobi rounds J per training step, N or LO,HI drawn per step (default 2,3)")
     _old_spelling(method, "--jacobi-iters", dest="jacobi_train_rounds", type=_jacobi_range)
+    method.add_argument("--jacobi-grad-rounds", type=_grad_count, default=None, metavar="K|all",
+                        help="latent: backpropagate through the last K Jacobi rounds of a step only; the "
+                             "initial thoughts and the first J-K rounds run without autograd (default all, "
+                             "the papers)")
     method.add_argument("--jacobi-eval-rounds", type=int, default=3, help="latent: J at evaluation")
     _old_spelling(method, "--jacobi-eval-iters", dest="jacobi_eval_rounds", type=int)
     method.add_argument("--jacobi-seed", type=int, default=0)
