@@ -56,7 +56,8 @@ def train(args) -> dict:
     from megatron_ponder.training.run_identity import prepare_resume, verify_resume
     from megatron_ponder.training.run_lock import acquire_run_lock
     from megatron_ponder.training.run_logger import RunLogger
-    from megatron_ponder.training.step import NonFiniteLossError, train_step
+    from megatron_ponder.training.nan_guard import NonFiniteLossError
+    from megatron_ponder.training.step import train_step
 
     acquire_run_lock(args.save)  # refuses a second run on this --save; released at exit
     prepare_resume(args)  # --save/--load folder rules, --use-checkpoint-args
@@ -195,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_ponder.training.arguments import ArgumentError, describe, finalize_args, parse_args
     from megatron_ponder.training.checkpointing import CheckpointError
     from megatron_ponder.training.run_lock import release_run_locks
-    from megatron_ponder.training.step import NonFiniteLossError
+    from megatron_ponder.training.nan_guard import NonFiniteLossError
 
     user_errors = (ArgumentError, DataError, PonderConfigError, ContextParallelLayoutError, CheckpointError,
                    NonFiniteLossError)

@@ -9,6 +9,9 @@
   windows of that many tokens in all (a cheap bound: one sequential read of a sample).
 * :func:`check_long_enough`: at least one sample (``seq_length + 1`` tokens), else Megatron
   repeats the few tokens there are.
+
+:mod:`megatron_ponder.data.datasets` runs them over a run's data paths (``check_data_fits_run``);
+this module imports nothing of it, so the dependency points one way.
 """
 
 from __future__ import annotations
@@ -61,21 +64,6 @@ def check_long_enough(prefix: str, tokens: int, seq_length: int) -> None:
     if tokens < seq_length + 1:
         raise DataError(f"dataset {prefix} has {tokens} tokens, fewer than one sample ({seq_length + 1} for "
                         f"--seq-length {seq_length}): add data or lower --seq-length")
-
-
-def check_data_fits_run(data_paths, seq_length: int, tokenizer_vocab_size: int, model_vocab_size: int) -> None:
-    """All three checks for every prefix of the ``--data-path``/``--valid-data-path`` blends."""
-    from megatron.core.datasets.indexed_dataset import _IndexReader
-
-    from megatron_ponder.data.datasets import check_indexed_dataset, parse_data_path
-
-    for data_path in data_paths:
-        blend = parse_data_path(data_path)
-        for prefix in (blend[0] if blend else []):
-            info = check_indexed_dataset(prefix)  # files present, index readable, sizes exact
-            check_long_enough(prefix, info.tokens, seq_length)
-            dtype = _IndexReader(os.fspath(prefix) + ".idx", multimodal=False).dtype
-            check_token_ids(prefix, dtype, tokenizer_vocab_size, model_vocab_size)
 
 
 def check_validation_set(valid, eval_iters: int, split: str, valid_data_path) -> None:

@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from megatron_ponder.data.checks import check_bin_size
+from megatron_ponder.data.checks import check_bin_size, check_long_enough, check_token_ids
 from megatron_ponder.data.errors import DataError
 
 # (prefixes, weights or None): the type of GPTDatasetConfig.blend.
@@ -398,3 +398,16 @@ class MicrobatchStream:
             "position_ids": stack("position_ids", torch.int64),
             "attention_mask": None,
         }
+
+
+def check_data_fits_run(data_paths, seq_length: int, tokenizer_vocab_size: int, model_vocab_size: int) -> None:
+    """All three checks for every prefix of the ``--data-path``/``--valid-data-path`` blends."""
+    from megatron.core.datasets.indexed_dataset import _IndexReader
+
+    for data_path in data_paths:
+        blend = parse_data_path(data_path)
+        for prefix in (blend[0] if blend else []):
+            info = check_indexed_dataset(prefix)  # files present, index readable, sizes exact
+            check_long_enough(prefix, info.tokens, seq_length)
+            dtype = _IndexReader(os.fspath(prefix) + ".idx", multimodal=False).dtype
+            check_token_ids(prefix, dtype, tokenizer_vocab_size, model_vocab_size)

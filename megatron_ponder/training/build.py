@@ -16,8 +16,8 @@ from megatron_ponder.runtime.parallel_init import print_rank0
 
 def prepare_data(args):
     """(train, valid) datasets for the chosen data source; sets the model vocabulary size."""
-    from megatron_ponder.data.checks import check_data_fits_run, check_validation_set
-    from megatron_ponder.data.datasets import build_gpt_datasets, check_vocab_fits
+    from megatron_ponder.data.checks import check_validation_set
+    from megatron_ponder.data.datasets import build_gpt_datasets, check_data_fits_run, check_vocab_fits
     from megatron_ponder.data.tokenizer import build_tokenizer
     from megatron_ponder.training.run_identity import tokenizer_identity
 

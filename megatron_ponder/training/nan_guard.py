@@ -22,6 +22,11 @@ import torch.distributed as dist
 from megatron_ponder.runtime.device import compute_device
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a training step is NaN or infinite (``--nan-policy stop``), or the weights
+    are not finite before a save."""
+
+
 def _all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     """True when every element of every tensor on every rank is finite (a collective).
 
@@ -50,7 +55,6 @@ def gradients_are_finite(model_chunks: List[torch.nn.Module]) -> bool:
 
 def check_parameters_finite(model: torch.nn.Module, iteration: int, last_saved: Optional[int]) -> None:
     """NonFiniteLossError instead of a save of non-finite weights (a collective)."""
-    from megatron_ponder.training.step import NonFiniteLossError
 
     if not _all_finite(p.detach() for p in model.parameters()):
         kept = f"the latest checkpoint stays iteration {last_saved}" if last_saved else "nothing was saved"
@@ -67,8 +71,7 @@ class SkipLimit:
         self.count = 0
 
     def record(self, iteration: int, skipped: bool) -> None:
-        from megatron_ponder.training.step import NonFiniteLossError
-
+    
         if not skipped:
             self.first, self.count = None, 0
             return

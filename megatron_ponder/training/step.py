@@ -30,7 +30,7 @@ from megatron_ponder.parallel.context_parallel import split_batch_for_context_pa
 from megatron_ponder.parallel.looped_pipeline import looped_forward_backward
 from megatron_ponder.runtime.device import batch_to_device, compute_device
 from megatron_ponder.training.grad_overlap import overlapped_grad_reduce
-from megatron_ponder.training.nan_guard import gradients_are_finite
+from megatron_ponder.training.nan_guard import NonFiniteLossError, gradients_are_finite
 
 
 def masked_token_loss(loss_mask: Tensor, output) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
@@ -71,10 +71,6 @@ def forward_step(
         batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"], **latent
     )
     return output, partial(masked_token_loss, batch["loss_mask"])
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss of a training step is NaN or infinite (``--nan-policy stop``)."""
 
 
 @dataclass

@@ -5,7 +5,8 @@ import torch
 from megatron.core.optimizer import OptimizerConfig
 
 from megatron_ponder.training.optimizer import wrap_and_build_optimizer
-from megatron_ponder.training.step import NonFiniteLossError, train_step
+from megatron_ponder.training.nan_guard import NonFiniteLossError
+from megatron_ponder.training.step import train_step
 from support.tiny_models import random_batch, tiny_model
 
 
