@@ -2,6 +2,8 @@
 
 * Layers: ``megatron_ponder/model/`` never imports ``megatron_ponder.parallel`` (parallel/ builds
   on model/), and nothing in the package imports the entry point ``megatron_ponder.pretrain``.
+* Dependencies point one way: no two modules import each other, directly or around a circle
+  (lazy imports inside functions count: they hide a circle, they do not break it).
 * The method is written once: its operations (the Jacobi update, the ponder mixture, the
   token/thought interleaving, the loss slot) are called from ``model/passes.py`` only, and the
   vocabulary-mixing kernels from ``PonderGPTModel.ponder_mixture`` only.
@@ -84,3 +86,60 @@ def test_vocabulary_mixing_is_called_from_the_ponder_mixture_only():
     kernels = {"probability_weighted_embedding", "vocab_parallel_softmax", "vocab_parallel_topk_mixture"}
     callers = _callers(kernels)
     assert callers == {name: ["megatron_ponder/model/ponder_gpt"] for name in kernels}
+
+
+def _import_graph():
+    """{module: package modules it imports} ("from a.b import c" names a.b, and a.b.c if a module)."""
+    names = {_name(path).replace("/", "."): path for path in _modules() if STANDALONE not in path.parents}
+    names = {name.removesuffix(".__init__"): path for name, path in names.items()}
+    graph = {}
+    for name, path in names.items():
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                edges.add(node.module)
+                edges.update(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names)
+        graph[name] = sorted(edge for edge in edges if edge in names and edge != name)
+    return graph
+
+
+def _circles(graph):
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, on_stack, circles = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def test_circle_finder_finds_a_lazy_import_circle():
+    graph = {"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}
+    assert _circles(graph) == [["a", "b", "c"]]
+
+
+def test_no_import_circles():
+    assert _circles(_import_graph()) == []
