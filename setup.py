@@ -36,6 +36,8 @@ setup(
         "numpy",
         # Byte-level BPE training and tokenization for the data layer (megatron_ponder.data).
         "tokenizers>=0.20,<1",
+        # --tensorboard-dir (the main job passes it): torch.utils.tensorboard's SummaryWriter needs it.
+        "tensorboard>=2.14,<3",
     ],
     extras_require={
         # The one exact torch pin: the CPU wheel on Python 3.11 (2.13.0+cpu satisfies ==2.13.0);

@@ -24,6 +24,7 @@ from megatron_ponder.sequence_layout import check_sequence_layout
 from megatron_ponder.training.fusions import FUSION_FLAGS
 from megatron_ponder.training.numeric_flags import check_numeric_flags
 from megatron_ponder.training.presets import PRESETS
+from megatron_ponder.training.profiling import add_profiling_args, profiling_problem
 
 
 class ArgumentError(ValueError):
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Pretrain a GPT that ponders (PonderLM) or thinks in latent thoughts (PonderLM-2) on Megatron-Core.",
     )
     for add_flags in (_model_flags, _method_flags, _parallel_flags, _schedule_flags, _precision_flags,
-                      _data_flags, _io_flags, add_robustness_args):
+                      _data_flags, _io_flags, add_robustness_args, add_profiling_args):
         add_flags(parser)
     return parser
 
@@ -191,6 +192,10 @@ def _method_flags(parser: argparse.ArgumentParser) -> None:
                              "the papers)")
     method.add_argument("--jacobi-eval-rounds", type=int, default=3, help="latent: J at evaluation")
     _old_spelling(method, "--jacobi-eval-iters", dest="jacobi_eval_rounds", type=int)
+    method.add_argument("--jacobi-eval-tol", type=float, default=0.0, metavar="TOL",
+                        help="latent: at evaluation, stop a microbatch's Jacobi rounds once a round's residual "
+                             "||z^j - z^(j-1)||^2/numel is below TOL (at most --jacobi-eval-rounds; the eval line "
+                             "reports the mean rounds); default 0: always --jacobi-eval-rounds")
     method.add_argument("--jacobi-seed", type=int, default=0)
     method.add_argument("--input-embedding-scale", type=_input_scale, default=None, metavar="S",
                         help="multiplier of E(x): a number or sqrt-hidden (default: 1/init-method-std in "
@@ -278,6 +283,14 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--valid-data-path", nargs="+", default=None, help="separate validation blend")
     data.add_argument("--split", default="969,30,1", help="train,valid,test proportions of --data-path")
     data.add_argument("--mock-data", action="store_true", help="random tokens (no files needed)")
+    # Documents packed into one sample (Megatron-LM's flags; Megatron's GPTDataset applies them).
+    data.add_argument("--reset-position-ids", action="store_true",
+                      help="position ids restart at 0 after every end-of-document token")
+    data.add_argument("--reset-attention-mask", action="store_true",
+                      help="no token attends across an end-of-document token (a per-sample document "
+                           "mask; in latent mode a thought sees exactly what its token sees)")
+    data.add_argument("--eod-mask-loss", action="store_true",
+                      help="end-of-document tokens do not count in the loss")
     data.add_argument("--default-corpus", metavar="DIR", default=None,
                       help="build and use the built-in corpus (Python standard library sources) in DIR")
     data.add_argument("--tokenizer-type", choices=["HuggingFaceTokenizer", "NullTokenizer"], default=None)
@@ -433,6 +446,11 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
              f"{args.lr_decay_iters}")
     if args.ponder_topk is not None and args.ponder_topk < 1:
         fail(f"--ponder-topk must be >= 1, got {args.ponder_topk}")
+    if args.jacobi_eval_tol > 0 and args.ponder_mode != "latent":
+        fail(f"--jacobi-eval-tol only applies to --ponder-mode latent (got {args.ponder_mode})")
+    if args.jacobi_eval_tol > 0 and pp > 1:
+        fail("--jacobi-eval-tol > 0 needs --pipeline-model-parallel-size 1 (the looped pipeline fixes the passes "
+             "before its schedule): evaluate with PP 1 or pass --jacobi-eval-tol 0")
     if args.ponder_topk is not None and args.ponder_mode != "ponder":
         fail(f"--ponder-topk only applies to --ponder-mode ponder (got {args.ponder_mode})")
     if args.overlap_param_gather and not (args.overlap_grad_reduce and args.use_distributed_optimizer):
@@ -440,6 +458,9 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
     if args.ddp_bucket_size is not None and args.ddp_bucket_size < 1:
         fail(f"--ddp-bucket-size must be >= 1, got {args.ddp_bucket_size}")
     _check_precision(args, fail)
+    problem = profiling_problem(args, world_size)  # --profile, --record-memory-history
+    if problem:
+        fail(problem)
     lo, hi = args.jacobi_train_rounds
     if lo < 0 or lo > hi:
         fail(f"--jacobi-train-rounds {lo},{hi} is not a range LO <= HI with LO >= 0")
@@ -457,10 +478,20 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
             import_dali()
         except DataError as error:
             fail(str(error))
+    documents = [flag for flag, on in (("--reset-position-ids", args.reset_position_ids),
+                                       ("--reset-attention-mask", args.reset_attention_mask),
+                                       ("--eod-mask-loss", args.eod_mask_loss)) if on]
+    if documents and args.dataloader_type == "dali":
+        fail(f"{' '.join(documents)} with --dataloader-type dali: the DALI graph builds plain positions, "
+             "causal attention and no EOD loss masking; use --dataloader-type single")
     if args.dali_py_workers < 0 or (args.dali_py_workers and args.dataloader_type != "dali"):
         fail(f"--dali-py-workers {args.dali_py_workers} needs --dataloader-type dali and a count >= 0")
     if args.save_interval is not None and not args.save:
         fail("--save-interval needs --save DIR")
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        fail(f"--peak-tflops must be a positive number of TFLOP/s per device, got {args.peak_tflops}")
+    if args.tensorboard_log_interval < 1:
+        fail(f"--tensorboard-log-interval must be >= 1, got {args.tensorboard_log_interval}")
     # Every folder the run will write, checked now rather than after the model is built.
     for flag, folder in (("--save", args.save), ("--tensorboard-dir", args.tensorboard_dir),
                          ("--data-cache-path", args.data_cache_path), ("--default-corpus", args.default_corpus),
@@ -540,6 +571,14 @@ def add_robustness_args(parser: argparse.ArgumentParser) -> None:
     resume.add_argument("--async-save", action="store_true",
                         help="write checkpoints in a background process while training goes on (Megatron-Core's "
                              "dist_checkpointing async save); the latest pointer moves once every rank has written")
+    resume.add_argument("--ckpt-fully-parallel-save", action=argparse.BooleanOptionalAction, default=True,
+                        help="share the checkpoint writing out over the data-parallel ranks (Megatron-Core's "
+                             "FullyParallelSaveStrategyWrapper; default on, as in Megatron-LM): each DP rank writes "
+                             "about 1/DP of the files' bytes; --no-ckpt-fully-parallel-save: DP rank 0 writes "
+                             "every replicated tensor")
+    resume.add_argument("--ckpt-fully-parallel-load", action="store_true",
+                        help="share the checkpoint reading out over the data-parallel ranks, which exchange "
+                             "the shards they read (Megatron-Core's FullyParallelLoadStrategyWrapper)")
     resume.add_argument("--keep-last-checkpoints", type=int, default=None, metavar="N",
                         help="after each save, delete all but the newest N iter_* folders")
     resume.add_argument("--exit-signal-handler", action="store_true",
@@ -558,3 +597,16 @@ def add_robustness_args(parser: argparse.ArgumentParser) -> None:
     logging.add_argument("--wandb-project", default=None, help="log to Weights & Biases (pip install wandb)")
     logging.add_argument("--wandb-exp-name", default=None, help="wandb run name")
     logging.add_argument("--wandb-save-dir", default=None, help="wandb's local folder (default: wandb's)")
+    # Megatron-LM's TensorBoard flags (training/run_logger.py writes its scalar names).
+    logging.add_argument("--tensorboard-log-interval", type=int, default=1, metavar="N",
+                         help="write the per-step TensorBoard scalars every N steps")
+    logging.add_argument("--log-memory-to-tensorboard", action="store_true",
+                         help="write mem-* scalars: the CUDA allocator's bytes, or the peak RSS on CPU")
+    logging.add_argument("--log-timers-to-tensorboard", action="store_true",
+                         help="write iteration-time and throughput (TFLOP/s per device), tokens-per-second and "
+                              "mfu-percent at each log line")
+    logging.add_argument("--log-validation-ppl-to-tensorboard", action="store_true",
+                         help="write the validation perplexity beside the validation loss")
+    logging.add_argument("--peak-tflops", type=float, default=None, metavar="T",
+                         help="dense peak TFLOP/s of one device for the log's MFU (default: from the device name "
+                              "and --bf16/--fp8-format for H100, H200, A100: runtime/peak_flops.py; none on CPU)")
