@@ -73,6 +73,11 @@ class PonderConfig(TransformerConfig):
     jacobi_eval_rounds: int = 3
     """Latent mode: J used when the model is in eval mode."""
 
+    jacobi_eval_tol: float = 0.0
+    """Latent mode, evaluation: stop the Jacobi rounds of a microbatch once a round's residual
+    ||z^j - z^(j-1)||^2 / numel is below it, at most ``jacobi_eval_rounds`` rounds
+    (:mod:`megatron_ponder.model.adaptive_jacobi`). 0: always ``jacobi_eval_rounds``."""
+
     jacobi_seed: int = 0
     """Latent mode: seed of the per-iteration draw of J (independent of every other RNG)."""
 
@@ -132,6 +137,8 @@ class PonderConfig(TransformerConfig):
         self.jacobi_train_rounds = tuple(rounds)
         if not isinstance(self.jacobi_eval_rounds, int) or self.jacobi_eval_rounds < 0:
             fail("jacobi_eval_rounds", f"must be an integer >= 0; got {self.jacobi_eval_rounds!r}")
+        if not isinstance(self.jacobi_eval_tol, (int, float)) or not 0 <= self.jacobi_eval_tol < float("inf"):
+            fail("jacobi_eval_tol", f"must be a finite number >= 0 (0: fixed rounds); got {self.jacobi_eval_tol!r}")
         if self.local_attention not in LOCAL_ATTENTIONS:
             fail("local_attention", f"must be one of {', '.join(LOCAL_ATTENTIONS)}; got {self.local_attention!r}")
         if self.input_embedding_scale is not None and not self.input_embedding_scale > 0:

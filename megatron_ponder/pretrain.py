@@ -15,7 +15,7 @@ import os
 import sys
 import time
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -31,15 +31,18 @@ if __name__ == "__mp_main__":
     die_with_parent()
 
 
-def _evaluate(args, chunks, valid_stream) -> float:
+def _evaluate(args, chunks, valid_stream) -> Tuple[float, Optional[float]]:
+    """(validation loss, mean Jacobi rounds per microbatch: latent mode, else None)."""
     from megatron_ponder.training.step import evaluation_step
 
-    total, tokens = 0.0, 0
+    total, tokens, rounds = 0.0, 0, []
     for _ in range(args.eval_iters):
         result = evaluation_step(chunks, valid_stream.next_step(), args.micro_batch_size, args.seq_length)
         total += result.loss * result.tokens
         tokens += result.tokens
-    return total / max(tokens, 1)
+        if result.mean_jacobi_rounds is not None:
+            rounds.append(result.mean_jacobi_rounds)
+    return total / max(tokens, 1), (sum(rounds) / len(rounds) if rounds else None)
 
 
 def train(args) -> dict:
@@ -99,9 +102,9 @@ def train(args) -> dict:
     summary = dict(train_losses=[], valid_losses=[], checkpoints=[])
 
     def evaluate(iteration):
-        loss = _evaluate(args, chunks, valid_stream())
+        loss, jacobi_rounds = _evaluate(args, chunks, valid_stream())
         summary["valid_losses"].append((iteration, loss))
-        logger.log_evaluation(iteration, loss)
+        logger.log_evaluation(iteration, loss, jacobi_rounds)
 
     async_saves = AsyncSaves() if args.async_save and args.save else None
 

@@ -23,6 +23,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.utils import ensure_metadata_has_dp_cp_group
 
 from megatron_ponder.config import PonderConfig
+from megatron_ponder.model.adaptive_jacobi import residual_below
 from megatron_ponder.model.feedback_embedding import (
     FEEDBACK_KEY,
     add_feedback_embedding,
@@ -82,6 +83,7 @@ class PonderGPTModel(GPTModel):
         padding_mask: Optional[Tensor] = None,
         num_jacobi_rounds: Optional[int] = None,
         return_jacobi_residuals: bool = False,
+        jacobi_tol: float = 0.0,
         **newer_gpt_kwargs,
     ):
         """Per-token loss [b, L] when ``labels`` [b, L] is given, else logits [b, L, V(/tp)].
@@ -94,6 +96,9 @@ class PonderGPTModel(GPTModel):
                 ``config.jacobi_rounds_for_iteration(iteration)``); None: ``jacobi_eval_rounds``.
             return_jacobi_residuals: also return the Jacobi residuals of this forward, a
                 detached fp32 tensor [J] (empty outside latent mode): ``(output, residuals)``.
+            jacobi_tol: latent mode, eval mode only: stop the rounds once a round's residual over
+                the microbatch is below it (at most J rounds; the residuals then number the rounds
+                run). 0: the J rounds (:mod:`megatron_ponder.model.adaptive_jacobi`).
             newer_gpt_kwargs: GPTModel.forward arguments of newer megatron-core releases (0.18:
                 ``output_processor``, ``output_processor_context``), passed on in mode ``none``.
         """
@@ -136,10 +141,13 @@ class PonderGPTModel(GPTModel):
                 f"ponder_mode={mode!r} under pipeline parallelism runs pass by pass around the "
                 "pipeline ring: drive it with megatron_ponder.parallel.looped_pipeline, not forward()"
             )
+        if jacobi_tol > 0 and self.training:
+            raise ValueError(f"jacobi_tol={jacobi_tol} stops the Jacobi rounds on a host read of the residual: "
+                             "evaluation only (model.eval()), never in a training step")
         rounds = self.config.jacobi_eval_rounds if num_jacobi_rounds is None else num_jacobi_rounds
         logits, residuals = self.run_plan(
             plan_for_config(self.config, rounds), input_ids, position_ids, attention_mask,
-            runtime_gather_output,
+            runtime_gather_output, jacobi_tol=jacobi_tol,
         )
         if labels is None:
             output = logits.transpose(0, 1).contiguous()  # [L, b, V] -> [b, L, V]
@@ -154,8 +162,12 @@ class PonderGPTModel(GPTModel):
         position_ids: Tensor,
         attention_mask: Optional[Tensor],
         runtime_gather_output: Optional[bool] = None,
+        jacobi_tol: float = 0.0,
     ) -> Tuple[Tensor, Tensor]:
         """Every pass of ``plan`` on this (whole-model) stage: (logits [L, b, V/tp], residuals [J]).
+
+        ``jacobi_tol`` > 0 (evaluation): the Jacobi rounds after the first one whose residual is
+        below it are skipped, so the residuals number the rounds run (``model/adaptive_jacobi.py``).
 
         The fed-back state goes from pass to pass as a tensor (see ``model/passes.py``); the
         token embeddings and the slot layouts are built once for all passes.
@@ -164,7 +176,10 @@ class PonderGPTModel(GPTModel):
         layouts = SlotLayouts(position_ids, attention_mask, self.rotary_for_positions)
         state: Optional[Tensor] = None
         residuals: List[Tensor] = []
+        converged = False
         for p in plan:
+            if converged and p.kind is PassKind.JACOBI_ROUND:
+                continue  # adaptive rounds: the thoughts stopped moving, on to the final pass
             # Truncated backprop (--ponder-grad-steps / --jacobi-grad-rounds): a leading pass
             # without a graph keeps no activations; its state reaches the next pass detached.
             with torch.set_grad_enabled(torch.is_grad_enabled() and p.builds_graph):
@@ -176,6 +191,8 @@ class PonderGPTModel(GPTModel):
                 feedback = pass_feedback(p, output, carried_state(p, state), self)
             if p.kind is PassKind.JACOBI_ROUND:
                 residuals.append(jacobi_residual(state, feedback))
+                converged = jacobi_tol > 0 and residual_below(
+                    state, feedback, jacobi_tol, (self.pg_collection.tp, self.pg_collection.cp))
             state = feedback
         raise ValueError("a pass plan ends with its FINAL pass")
 

@@ -48,6 +48,7 @@ NUMERIC_FLAGS = {
     "rotary_base": AT_LEAST_ONE, "hidden_dropout": PROBABILITY, "attention_dropout": PROBABILITY,
     # method
     "ponder_steps": AT_LEAST_ONE, "num_latent_thoughts": AT_LEAST_ONE, "jacobi_eval_rounds": NON_NEGATIVE,
+    "jacobi_eval_tol": NON_NEGATIVE,
     "jacobi_seed": NON_NEGATIVE, "input_embedding_scale": POSITIVE,
     # parallel layout
     "tensor_model_parallel_size": AT_LEAST_ONE, "pipeline_model_parallel_size": AT_LEAST_ONE,

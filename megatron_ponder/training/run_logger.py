@@ -187,12 +187,14 @@ class RunLogger:
             self.metrics.write(json.dumps(record) + "\n")
             self.metrics.flush()
 
-    def log_evaluation(self, iteration: int, loss: float):
-        self._write_metrics(kind="valid", iteration=iteration, loss=loss)
+    def log_evaluation(self, iteration: int, loss: float, jacobi_rounds: Optional[float] = None):
+        """``jacobi_rounds``: latent mode, the mean Jacobi rounds per microbatch (``--jacobi-eval-tol``)."""
+        rounds = {} if jacobi_rounds is None else dict(jacobi_rounds=jacobi_rounds)
+        self._write_metrics(kind="valid", iteration=iteration, loss=loss, **rounds)
         ppl = math.exp(min(loss, 50))
         if self.is_writer:
-            print(f"validation loss at iteration {iteration} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E}",
-                  flush=True)
+            print(f"validation loss at iteration {iteration} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E}"
+                  + ("" if jacobi_rounds is None else f" | jacobi rounds {jacobi_rounds:.2f}"), flush=True)
         scalars = {"lm loss validation": loss}
         if self.log_validation_ppl:
             scalars["lm loss validation ppl"] = ppl

@@ -56,7 +56,8 @@ def masked_token_loss(loss_mask: Tensor, output) -> Tuple[Tensor, Tensor, Dict[s
 
 
 def forward_step(
-    data_iterator: Iterator[Dict[str, Tensor]], model: torch.nn.Module, num_jacobi_rounds: Optional[int] = None
+    data_iterator: Iterator[Dict[str, Tensor]], model: torch.nn.Module, num_jacobi_rounds: Optional[int] = None,
+    jacobi_tol: float = 0.0,
 ):
     """Megatron ``forward_step_func``: this rank's CP slice of the next microbatch through the model.
 
@@ -64,9 +65,12 @@ def forward_step(
     microbatch moves to the rank's device here, one at a time, as Megatron-LM's ``get_batch``
     does. ``num_jacobi_rounds``: latent mode's J for this step (bound with ``functools.partial``);
     the model then also returns the Jacobi residuals, which go into the loss report.
+    ``jacobi_tol`` > 0 (evaluation only): adaptive rounds, at most ``num_jacobi_rounds``.
     """
     batch = split_batch_for_context_parallel(batch_to_device(next(data_iterator)))
     latent = {} if num_jacobi_rounds is None else dict(num_jacobi_rounds=num_jacobi_rounds, return_jacobi_residuals=True)
+    if jacobi_tol > 0:
+        latent["jacobi_tol"] = jacobi_tol
     output = model(
         batch["tokens"], batch["position_ids"], batch.get("attention_mask"), labels=batch["labels"], **latent
     )
@@ -85,6 +89,9 @@ class StepResult:
     # Latent mode: per round, the residual of the last microbatch as measured by the last
     # pipeline stage of this rank's pipeline (on its data/context/tensor shard).
     jacobi_residuals: Optional[List[float]] = None
+    # Evaluation in latent mode: the Jacobi rounds run per microbatch, mean over the microbatches
+    # of every data-parallel rank (below jacobi_rounds when --jacobi-eval-tol stops them early).
+    mean_jacobi_rounds: Optional[float] = None
 
 
 def _reduce_reports(reports: List[Dict[str, Tensor]], num_rounds: int) -> Tuple[float, int, List[float]]:
@@ -104,7 +111,8 @@ def _reduce_reports(reports: List[Dict[str, Tensor]], num_rounds: int) -> Tuple[
         dist.all_reduce(loss, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
         total[:2] = loss
         if num_rounds and reports:
-            total[2:] = reports[-1]["jacobi residual"].to(device=device, dtype=torch.float64)
+            residuals = reports[-1]["jacobi residual"]  # fewer than J after adaptive rounds stopped
+            total[2:2 + residuals.numel()] = residuals.to(device=device, dtype=torch.float64)
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:
         dist.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
     loss_sum, count = total[:2].tolist()
@@ -118,17 +126,21 @@ def forward_backward(
     seq_length: int,
     forward_only: bool,
     num_jacobi_rounds: Optional[int] = None,
+    jacobi_tol: float = 0.0,
 ) -> List[Dict[str, Tensor]]:
     """Run Megatron's schedule for this layout; returns the loss reports of the last stage.
 
     Multi-pass modes under pipeline parallelism loop around the pipeline ring
     (:mod:`megatron_ponder.parallel.looped_pipeline`); everything else is Megatron's own
     schedule (no pipelining, or 1F1B for mode ``none``). ``num_jacobi_rounds``: latent mode's J
-    (None in the other modes).
+    (None in the other modes); ``jacobi_tol``: adaptive rounds (evaluation, no pipeline).
     """
-    step = partial(forward_step, num_jacobi_rounds=num_jacobi_rounds)
+    step = partial(forward_step, num_jacobi_rounds=num_jacobi_rounds, jacobi_tol=jacobi_tol)
     mode = get_model_config(model_chunks[0]).ponder_mode
     if parallel_state.get_pipeline_model_parallel_world_size() > 1 and mode != "none":
+        if jacobi_tol > 0:
+            raise ValueError("adaptive Jacobi rounds (--jacobi-eval-tol > 0) need pipeline size 1: the looped "
+                             "pipeline fixes the passes before its schedule; pass --jacobi-eval-tol 0")
         if len(model_chunks) != 1:
             raise ValueError("multi-pass modes use the passes as virtual stages: build one model chunk")
         return looped_forward_backward(
@@ -199,14 +211,39 @@ def evaluation_step(
     micro_batch_size: int,
     seq_length: int,
 ) -> StepResult:
-    """Forward only, in eval mode (latent mode: J = ``jacobi_eval_rounds``)."""
-    rounds = _step_rounds(get_model_config(model_chunks[0]), None)
+    """Forward only, in eval mode (latent mode: J = ``jacobi_eval_rounds``, or fewer per microbatch
+    with ``jacobi_eval_tol`` > 0: adaptive rounds, reported as ``mean_jacobi_rounds``)."""
+    config = get_model_config(model_chunks[0])
+    rounds = _step_rounds(config, None)
+    tolerance = config.jacobi_eval_tol if rounds is not None else 0.0
     for chunk in model_chunks:
         chunk.eval()
     try:
-        reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, True, rounds)
+        reports = forward_backward(model_chunks, microbatches, micro_batch_size, seq_length, True, rounds,
+                                   jacobi_tol=tolerance)
     finally:
         for chunk in model_chunks:
             chunk.train()
     loss, tokens, residuals = _reduce_reports(reports, rounds or 0)
-    return StepResult(loss=loss, tokens=tokens, jacobi_rounds=rounds or 0, jacobi_residuals=residuals or None)
+    return StepResult(loss=loss, tokens=tokens, jacobi_rounds=rounds or 0, jacobi_residuals=residuals or None,
+                      mean_jacobi_rounds=None if rounds is None else _mean_jacobi_rounds(reports))
+
+
+def _mean_jacobi_rounds(reports: List[Dict[str, Tensor]]) -> float:
+    """Mean Jacobi rounds run per microbatch of an evaluation step, over every data-parallel rank.
+
+    A microbatch's residual report has one entry per round it ran. Context-parallel ranks of a
+    microbatch ran the same rounds, so summing over them scales both sums alike. The counts are
+    host numbers; they go through the device for the collectives (evaluation only: one more
+    all-reduce and host read per step, none in training).
+    """
+    device = compute_device()
+    total = torch.zeros(2, dtype=torch.float64, device=device)  # [rounds run, microbatches]
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        total[0].fill_(sum(report["jacobi residual"].numel() for report in reports))
+        total[1].fill_(len(reports))
+        dist.all_reduce(total, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+        dist.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
+    rounds, microbatches = total.tolist()
+    return rounds / max(microbatches, 1.0)
