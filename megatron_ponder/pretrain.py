@@ -56,6 +56,7 @@ def train(args) -> dict:
     from megatron_ponder.training.grad_overlap import gather_parameters_now
     from megatron_ponder.training.model_config import model_config
     from megatron_ponder.training.nan_guard import SkipLimit, check_parameters_finite
+    from megatron_ponder.training.profiling import StepProfiler
     from megatron_ponder.training.run_identity import prepare_resume, verify_resume
     from megatron_ponder.training.run_lock import acquire_run_lock
     from megatron_ponder.training.run_logger import RunLogger
@@ -67,11 +68,15 @@ def train(args) -> dict:
     train_set, valid_set = prepare_data(args)
     verify_resume(args)  # the checkpoint's shape/method flags = these
     config = model_config(args)
-    from megatron_ponder.training.fusions import FUSION_FLAGS
+    from megatron_ponder.training.fusions import FUSION_FLAGS, rope_fusion_blocked_reason
 
     # The flags above say what was asked for; these are what this machine's kernels allow.
     print_rank0("kernel fusions: " + ", ".join(f"{field} {'on' if getattr(config, field) else 'off'}"
                                               for field in FUSION_FLAGS))
+    if rope_fusion_blocked_reason(args) and config.transformer_impl == "transformer_engine":
+        print_rank0(f"apply_rope_fusion off: {rope_fusion_blocked_reason(args)}")
+    # Before the build: --record-memory-history sees the model's allocations.
+    profiler = StepProfiler(args, torch.distributed.get_rank(), torch.distributed.get_world_size())
     model, chunks, optimizer, scheduler = build_training_state(args, config)
 
     start_iteration, consumed = 0, 0
@@ -79,7 +84,7 @@ def train(args) -> dict:
         resumed = load_checkpoint(args.load, model, optimizer, scheduler,
                                   load_optimizer=not (args.no_load_optim or args.finetune),
                                   distributed_optimizer=args.use_distributed_optimizer, load_rng=not args.finetune,
-                                  load_scheduler=not args.finetune)
+                                  load_scheduler=not args.finetune, fully_parallel=args.ckpt_fully_parallel_load)
         if resumed is not None and args.finetune:
             print_rank0(f"--finetune: weights of {args.load} (iteration {resumed.iteration}), new run from iteration 0")
         elif resumed is not None:
@@ -120,7 +125,8 @@ def train(args) -> dict:
             saved(async_saves.maybe_finalize_async_calls(blocking=True))
         folder = save_checkpoint(args.save, iteration, model, optimizer, scheduler, stream.consumed_samples,
                                  run_args, args.use_distributed_optimizer, save_optimizer=not args.no_save_optim,
-                                 keep_last=args.keep_last_checkpoints, async_saves=async_saves)
+                                 keep_last=args.keep_last_checkpoints, async_saves=async_saves,
+                                 fully_parallel=args.ckpt_fully_parallel_save)
         saved([folder] if folder else [])
 
     def finish_saves():
@@ -136,6 +142,7 @@ def train(args) -> dict:
     exit_conditions = ExitConditions(args.exit_signal_handler, args.exit_duration_in_mins, _STARTED)
     try:
         for iteration in range(start_iteration, args.train_iters):
+            profiler.step_begins(iteration)  # --profile: Megatron-LM's hooks (training/profiling.py)
             started = time.perf_counter()
             result = train_step(chunks, optimizer, stream.next_step(), args.micro_batch_size, args.seq_length,
                                 iteration, nan_policy=args.nan_policy)
@@ -147,6 +154,7 @@ def train(args) -> dict:
             summary["train_losses"].append((done, result.loss))
             logger.log_step(done, result, optimizer.param_groups[0]["lr"], time.perf_counter() - started,
                             flops, stream.consumed_samples)
+            profiler.step_ended(done)
             if async_saves is not None:
                 saved(async_saves.maybe_finalize_async_calls(blocking=False))
             exiting = bool(args.exit_interval) and done % args.exit_interval == 0
@@ -182,6 +190,8 @@ def train(args) -> dict:
         if async_saves is not None:
             async_saves.abort()
         raise
+    finally:
+        profiler.close()  # a profile still recording is written, nsys's capture ends
     logger.close()
     return summary
 

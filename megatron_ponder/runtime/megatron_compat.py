@@ -109,16 +109,17 @@ def gpt_dataset_window(dataset, index: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- checkpoints
-def async_checkpoint_request(sharded_state_dict: Dict[str, Any], checkpoint_dir: str):
+def async_checkpoint_request(sharded_state_dict: Dict[str, Any], checkpoint_dir: str, sharded_strategy=None):
     """``dist_checkpointing.save(..., async_sharded_save=True)``: the AsyncRequest of ``--async-save``.
 
     Everything but the shard write (planning, and up to 0.18 ``common.pt``) runs now, on all ranks;
     the caller schedules the request on Megatron-Core's own
     ``strategies.async_utils.AsyncCallsQueue``, which is in every supported release.
+    ``sharded_strategy``: None for Megatron-Core's default (training/checkpoint_strategies.py).
     """
     from megatron.core import dist_checkpointing
 
-    kwargs = {"async_sharded_save": True}
+    kwargs = {"async_sharded_save": True, "sharded_strategy": sharded_strategy}
     if _accepts(dist_checkpointing.save, "async_strategy"):
         # 0.17: gained async_strategy, default "nvrx" (needs nvidia-resiliency-ext, whose requests
         # go on its own queue); "mcore" is the writer and AsyncRequest of async_utils, the only

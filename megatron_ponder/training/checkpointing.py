@@ -20,6 +20,9 @@ resume with different tensor/pipeline/data-parallel sizes.
 goes on; the pointer, the retention of ``--keep-last-checkpoints`` and Megatron's own
 completion files (``.metadata``, ``metadata.json``) are written by the finalization, which runs
 only after every rank's writer has finished.
+
+``--ckpt-fully-parallel-save`` (default) shares the writing out over the data-parallel ranks,
+``--ckpt-fully-parallel-load`` the reading (training/checkpoint_strategies.py).
 """
 
 from __future__ import annotations
@@ -159,6 +162,7 @@ def save_checkpoint(
     save_optimizer: bool = True,
     keep_last: Optional[int] = None,
     async_saves: Optional["AsyncSaves"] = None,
+    fully_parallel: bool = True,
 ) -> Optional[str]:
     """Write ``root/iter_N`` on all ranks, then move the pointer. Returns the folder.
 
@@ -169,7 +173,9 @@ def save_checkpoint(
     With ``async_saves`` (``--async-save``) the shards are written in the background and None is
     returned: the pointer and the retention follow in ``async_saves.maybe_finalize_async_calls``,
     which returns the folder once it is complete on every rank.
+    ``fully_parallel`` (``--ckpt-fully-parallel-save``): every data-parallel rank writes a share.
     """
+    from megatron_ponder.training.checkpoint_strategies import async_save_strategy, save_strategy
     from megatron_ponder.training.rng_state import rng_sharded_object
 
     if async_saves is not None:
@@ -195,9 +201,9 @@ def save_checkpoint(
     if keep_last:
         completion.append(partial(delete_old_checkpoints, root, keep_last))
     if async_saves is not None:
-        async_saves.schedule(state, folder, iteration, completion)
+        async_saves.schedule(state, folder, iteration, completion, async_save_strategy(fully_parallel))
         return None
-    _save_or_explain(state, folder)
+    _save_or_explain(state, folder, save_strategy(fully_parallel))
     for step in completion:
         step()
     return folder
@@ -244,13 +250,14 @@ class AsyncSaves:
         self._queue = AsyncCallsQueue(persistent=False)
         self.pending: Optional[str] = None  # the folder being written
 
-    def schedule(self, state: Dict[str, Any], folder: str, iteration: int, completion: List[Callable]) -> None:
+    def schedule(self, state: Dict[str, Any], folder: str, iteration: int, completion: List[Callable],
+                 sharded_strategy=None) -> None:
         from megatron_ponder.runtime.megatron_compat import async_checkpoint_request
         from megatron_ponder.training.rank_agreement import agree_any_error
 
         request, message = None, None
         try:
-            request = async_checkpoint_request(state, folder)
+            request = async_checkpoint_request(state, folder, sharded_strategy)
         except CHECKPOINT_FAILURES as error:
             message = write_failure(folder, error)
         message = agree_any_error(message)
@@ -348,13 +355,15 @@ def _fresh_folder(root: str, iteration: int) -> str:
     return folder
 
 
-def _save_or_explain(state: Dict[str, Any], folder: str) -> None:
-    """dist_checkpointing.save on all ranks; a failure is one CheckpointError line on every rank."""
+def _save_or_explain(state: Dict[str, Any], folder: str, sharded_strategy=None) -> None:
+    """dist_checkpointing.save on all ranks; a failure is one CheckpointError line on every rank.
+
+    ``sharded_strategy``: None for Megatron-Core's default (training/checkpoint_strategies.py)."""
     from megatron_ponder.training.rank_agreement import agree_any_error
 
     message = None
     try:
-        dist_checkpointing.save(state, folder)
+        dist_checkpointing.save(state, folder, sharded_strategy=sharded_strategy)
     except CHECKPOINT_FAILURES as error:  # full disk, permissions: the pointer is not moved
         message = write_failure(folder, error)
     message = agree_any_error(message)
@@ -446,14 +455,18 @@ def without_absent_extra_state(model_state: Dict[str, Any], folder: str):
 
 
 def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool, distributed_optimizer: bool,
-                    load_rng: bool = True, load_scheduler: Optional[bool] = None) -> Optional[ResumeState]:
+                    load_rng: bool = True, load_scheduler: Optional[bool] = None,
+                    fully_parallel: bool = False) -> Optional[ResumeState]:
     """Restore the latest checkpoint under ``root`` into model/optimizer/scheduler (all ranks).
 
     Returns None when there is none yet (a fresh run that will save there). The generators are
     restored too (``load_rng``) when the checkpoint has them for this layout, and the LR/WD
     schedule (``load_scheduler``, default ``load_optimizer``; a resume without the optimizer keeps
     it too) when the checkpoint has it: weights-only checkpoints of a training run do, imports do not.
+    ``fully_parallel`` (``--ckpt-fully-parallel-load``): each data-parallel rank reads a share and
+    the ranks exchange the rest.
     """
+    from megatron_ponder.training.checkpoint_strategies import load_strategy
     from megatron_ponder.training.rng_state import restore_rng, rng_request
 
     iteration = latest_iteration(root)
@@ -484,7 +497,7 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
     if rng is not None:
         request["rng_state"] = rng
     try:
-        loaded = dist_checkpointing.load(request, folder)
+        loaded = dist_checkpointing.load(request, folder, sharded_strategy=load_strategy(folder, fully_parallel))
     except CHECKPOINT_FAILURES as error:  # dist_checkpointing raises many types; say which file and why
         raise CheckpointError(read_failure(folder, error)) from None
     missing, unexpected = model.load_state_dict(loaded["model"], strict=False)
