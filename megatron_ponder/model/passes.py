@@ -39,6 +39,7 @@ from megatron_ponder.model.interleave import (
     jacobi_update,
     last_slot_of_each_group,
 )
+from megatron_ponder.runtime.trace_ranges import trace_range
 
 
 class PassKind(enum.Enum):
@@ -158,6 +159,24 @@ def plan_for_config(config, jacobi_rounds: int) -> PassPlan:
 def message_blocks(plan: Sequence[Pass]) -> int:
     """T: L-blocks of the largest message of the plan (hidden + carried state, or feedback)."""
     return max(max(p.slots_per_token + p.carried_blocks, p.feedback_blocks) for p in plan)
+
+
+def pass_range_name(p: Pass, plan: Sequence[Pass]) -> str:
+    """The pass's name in a profile: 'pass 3/5 jacobi round 2', 'pass 1/4 ponder feedback'.
+
+    1-based pass number of the plan's length, the kind, and for initial thoughts and Jacobi
+    rounds which one (thought k, round j).
+    """
+    name = f"pass {p.index + 1}/{len(plan)} {p.kind.value}"
+    if p.kind in (PassKind.INITIAL_THOUGHT, PassKind.JACOBI_ROUND):
+        name += f" {sum(q.kind is p.kind for q in plan[: p.index + 1])}"
+    return name
+
+
+def pass_range(p: Pass, plan: Sequence[Pass]):
+    """Context manager: the pass as a named range of the profiler that runs on this rank
+    (``runtime/trace_ranges.py``); nothing at all when none does."""
+    return trace_range(lambda: pass_range_name(p, plan))
 
 
 # ---------------------------------------------------------------------------- operations

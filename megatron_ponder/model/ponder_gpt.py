@@ -14,6 +14,7 @@ Activations are [s, b, h] as everywhere in Megatron-Core. Gradients flow through
 
 from __future__ import annotations
 
+import contextlib
 from typing import List, Optional, Tuple
 
 import torch
@@ -38,6 +39,7 @@ from megatron_ponder.model.passes import (
     first_stage_input,
     jacobi_residual,
     pass_feedback,
+    pass_range,
     plan_for_config,
     stack_residuals,
 )
@@ -110,21 +112,24 @@ class PonderGPTModel(GPTModel):
                 input_ids.size(1), self.config.tensor_model_parallel_size, True, 1
             )
         if mode == "none":
-            output = super().forward(
-                input_ids,
-                position_ids,
-                attention_mask,
-                decoder_input=decoder_input,
-                labels=labels,
-                inference_context=inference_context,
-                packed_seq_params=packed_seq_params,
-                extra_block_kwargs=extra_block_kwargs,
-                runtime_gather_output=runtime_gather_output,
-                inference_params=inference_params,
-                loss_mask=loss_mask,
-                padding_mask=padding_mask,
-                **newer_gpt_kwargs,
-            )
+            rope_at = self.rotary_at_positions(position_ids, packed_seq_params is None and
+                                               inference_context is None and inference_params is None)
+            with rope_at:
+                output = super().forward(
+                    input_ids,
+                    position_ids,
+                    attention_mask,
+                    decoder_input=decoder_input,
+                    labels=labels,
+                    inference_context=inference_context,
+                    packed_seq_params=packed_seq_params,
+                    extra_block_kwargs=extra_block_kwargs,
+                    runtime_gather_output=runtime_gather_output,
+                    inference_params=inference_params,
+                    loss_mask=loss_mask,
+                    padding_mask=padding_mask,
+                    **newer_gpt_kwargs,
+                )
             return (output, stack_residuals([], output.device)) if return_jacobi_residuals else output
         unsupported = {
             "decoder_input": decoder_input,
@@ -182,7 +187,7 @@ class PonderGPTModel(GPTModel):
                 continue  # adaptive rounds: the thoughts stopped moving, on to the final pass
             # Truncated backprop (--ponder-grad-steps / --jacobi-grad-rounds): a leading pass
             # without a graph keeps no activations; its state reaches the next pass detached.
-            with torch.set_grad_enabled(torch.is_grad_enabled() and p.builds_graph):
+            with pass_range(p, plan), torch.set_grad_enabled(torch.is_grad_enabled() and p.builds_graph):
                 output = self.transformer_pass(
                     first_stage_input(p, token_inputs, state), *layouts(p.slots_per_token)
                 )
@@ -203,6 +208,26 @@ class PonderGPTModel(GPTModel):
         scale = self.config.input_embedding_scale
         return embeddings if scale == 1.0 else embeddings * scale
 
+    @contextlib.contextmanager
+    def rotary_at_positions(self, position_ids: Optional[Tensor], applies: bool = True):
+        """Mode ``none``: GPTModel's RoPE at ``position_ids`` for the duration of the block.
+
+        GPTModel rotates by slot index (0..s-1) and reads ``position_ids`` only for learned
+        position embeddings; with positions that restart at each document
+        (``--reset-position-ids``) RoPE must restart too, as in the multi-pass modes. The table
+        is :meth:`rotary_for_positions`' (for plain positions the same values as GPTModel's own).
+        ``applies`` False (packed sequences, inference) leaves GPTModel's RoPE alone.
+        """
+        if not applies or position_ids is None or self.position_embedding_type != "rope":
+            yield
+            return
+        rotary = self.rotary_for_positions(position_ids)
+        self.rotary_pos_emb.forward = lambda *args, **kwargs: rotary  # GPTModel's one call per forward
+        try:
+            yield
+        finally:
+            del self.rotary_pos_emb.forward
+
     def rotary_for_positions(self, position_ids: Tensor) -> Optional[Tensor]:
         """RoPE table for explicit (possibly repeated) positions, or None without RoPE.
 
@@ -210,7 +235,9 @@ class PonderGPTModel(GPTModel):
         positions are token positions, so they stay below it) and is gathered per sample, whatever
         the positions are. With ``apply_rope_fusion`` the table is the first sample's: TE's fused
         RoPE kernel takes one table per batch ([s, 1, 1, d]), and the samples of a batch share
-        their positions (the data layer gives every sample 0..L-1).
+        their positions (the data layer gives every sample 0..L-1; with ``--reset-position-ids``
+        and several samples per microbatch the run turns the fusion off:
+        ``training.fusions.rope_fusion_blocked_reason``).
 
         Args:
             position_ids: [b, s] positions of the s slots.
