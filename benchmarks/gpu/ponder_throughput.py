@@ -10,7 +10,8 @@ trained with Megatron DDP + Adam on random tokens, one configuration after anoth
 
 Reported per configuration: step time, tokens/s (real tokens, not slots), TFLOP/s per GPU,
 MFU = achieved FLOP/s / peak BF16 dense FLOP/s of the GPU (``--peak-tflops``; by default taken from
-the device name: H100 SXM and H200 989, anything else unknown, so no MFU), the peak memory of the
+the device name: megatron_ponder/runtime/peak_flops.py, e.g. H100 SXM and H200 989.5; anything else
+unknown, so no MFU), the peak memory of the
 step (``torch.cuda.max_memory_allocated``) and the planner's per-GPU estimate for the same shape,
 mode and layout (``megatron_ponder.planning.memory.plan_memory``).
 FLOPs are ``megatron_ponder.training.flops.step_flops``: every pass of the method counted
@@ -52,20 +53,12 @@ MODEL = dict(num_layers=16, hidden_size=2048, num_attention_heads=16, num_query_
 VOCAB = 50304
 MODES = {"none": variant("none"), "ponder": variant("ponder", ponder_steps=3),
          "latent1": variant("latent1", rounds=(2, 2))}
-# Dense BF16 peak TFLOP/s by a substring of torch.cuda.get_device_name(); first match wins, so the
-# PCIe H100 (756) comes before the generic H100 (SXM, 989). H200 has the H100 SXM's tensor cores.
-PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.0), ("H200", 989.0))
-
-
 def detect_peak_tflops(device: str):
-    """(peak dense BF16 TFLOP/s or None, where the number comes from)."""
-    if device != "cuda":
-        return None, "no peak known for a CPU"
-    name = torch.cuda.get_device_name()
-    for needle, peak in PEAK_BF16_TFLOPS:
-        if needle in name:
-            return peak, f"{name}: {peak:.0f} TFLOP/s dense BF16"
-    return None, f"{name}: peak unknown, pass --peak-tflops for MFU"
+    """(peak dense BF16 TFLOP/s or None, where the number comes from): the training log's table
+    (megatron_ponder/runtime/peak_flops.py), by torch.cuda.get_device_name()."""
+    from megatron_ponder.runtime.peak_flops import peak_tflops_for_run
+
+    return peak_tflops_for_run(None, torch.cuda.get_device_name() if device == "cuda" else None, "bf16")
 
 
 def shape(args) -> dict:
@@ -253,7 +246,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="peak BF16 dense TFLOP/s per GPU (default: from the device name, H100 SXM / H200: 989)")
+                        help="peak BF16 dense TFLOP/s per GPU (default: from the device name, H100 SXM / H200: 989.5)")
     model = parser.add_argument_group("model shape (default: the 0.96B LLaMA-style model)")
     for name, value in MODEL.items():
         model.add_argument("--" + name.replace("_", "-"), type=int, default=value)

@@ -488,10 +488,6 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
         fail(f"--dali-py-workers {args.dali_py_workers} needs --dataloader-type dali and a count >= 0")
     if args.save_interval is not None and not args.save:
         fail("--save-interval needs --save DIR")
-    if args.peak_tflops is not None and not args.peak_tflops > 0:
-        fail(f"--peak-tflops must be a positive number of TFLOP/s per device, got {args.peak_tflops}")
-    if args.tensorboard_log_interval < 1:
-        fail(f"--tensorboard-log-interval must be >= 1, got {args.tensorboard_log_interval}")
     # Every folder the run will write, checked now rather than after the model is built.
     for flag, folder in (("--save", args.save), ("--tensorboard-dir", args.tensorboard_dir),
                          ("--data-cache-path", args.data_cache_path), ("--default-corpus", args.default_corpus),

@@ -66,7 +66,7 @@ NUMERIC_FLAGS = {
     "save_interval": AT_LEAST_ONE, "eval_interval": AT_LEAST_ONE, "eval_iters": NON_NEGATIVE,
     "log_interval": AT_LEAST_ONE, "grad_norm_spike_factor": NON_NEGATIVE,
     "grad_norm_spike_window": AT_LEAST_ONE, "keep_last_checkpoints": AT_LEAST_ONE, "exit_duration_in_mins": POSITIVE,
-    "nan_skip_limit": AT_LEAST_ONE,
+    "nan_skip_limit": AT_LEAST_ONE, "tensorboard_log_interval": AT_LEAST_ONE, "peak_tflops": POSITIVE,
 }
 
 

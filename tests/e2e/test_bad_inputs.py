@@ -92,6 +92,8 @@ NUMERIC = [
     (["--keep-last-checkpoints", "0"], "--keep-last-checkpoints"),
     (["--lr", "1e-3", "--min-lr", "1e-2"], "--min-lr 0.01 is above --lr 0.001"),
     (["--ckpt-format", "torch"], "--ckpt-format: invalid choice"),
+    (["--peak-tflops", "0"], "--peak-tflops must be in (0, inf), got 0"),
+    (["--tensorboard-log-interval", "0"], "--tensorboard-log-interval must be in [1, inf)"),
 ]
 
 

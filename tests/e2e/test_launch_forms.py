@@ -50,3 +50,6 @@ def test_launch_form_trains_with_the_script_defaults(tmp_path, form):
     # (0.16: "full scope is deprecated"; 0.19: absl, MIMO, async save; CUDA torch on CPU).
     for notice in ("Warning", "full scope is deprecated", "async save is deprecated", "No CUDA runtime"):
         assert notice not in done.stderr, done.stderr[-2000:]
+    # The script passes --tensorboard-dir: the events are written, with no line about TensorBoard.
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert "tensorboard" not in done.stderr.lower() and "tensorboard is not installed" not in out
