@@ -177,6 +177,7 @@ class PonderLMForCausalLM(PreTrainedModel):
         labels: Tensor | None = None,
         num_jacobi_rounds: int | None = None,
         return_dict: bool | None = None,
+        jacobi_tol: float | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits [b, L, V] for every token (latent: read at the token's last thought slot).
@@ -188,6 +189,10 @@ class PonderLMForCausalLM(PreTrainedModel):
             labels: [b, L] aligned with ``input_ids`` (shifted inside, -100 = ignored): adds the
                 mean next-token cross-entropy as ``loss``.
             num_jacobi_rounds: latent mode: J for this call (default ``config.jacobi_eval_rounds``).
+            jacobi_tol: latent mode: adaptive rounds, stop once a round's residual
+                ||z^j - z^(j-1)||^2 / numel over the batch is below it (at most J rounds; one host
+                read per round); the rounds run are left in ``self.jacobi_rounds_used``. None or 0
+                (default): the J rounds.
         """
         # Flags HF callers pass by habit; this forward returns logits (and loss) only.
         harmless = ("use_cache", "output_attentions", "output_hidden_states")
@@ -200,7 +205,7 @@ class PonderLMForCausalLM(PreTrainedModel):
             logits = self._ponder_logits(token_inputs, position_ids, attention_mask)
         else:
             rounds = self.config.jacobi_eval_rounds if num_jacobi_rounds is None else num_jacobi_rounds
-            logits = self._latent_logits(token_inputs, position_ids, attention_mask, rounds)
+            logits = self._latent_logits(token_inputs, position_ids, attention_mask, rounds, jacobi_tol)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
@@ -248,23 +253,33 @@ class PonderLMForCausalLM(PreTrainedModel):
         return hidden.unflatten(1, (token_inputs.size(1), slots))
 
     def _latent_thoughts(self, token_inputs: Tensor, position_ids: Tensor, attention_mask: Tensor,
-                         rounds: int) -> list[Tensor]:
-        """The N initial passes and ``rounds`` Jacobi rounds -> thoughts, N tensors [b, L, h]."""
+                         rounds: int, jacobi_tol: float | None = None) -> list[Tensor]:
+        """The N initial passes and ``rounds`` Jacobi rounds -> thoughts, N tensors [b, L, h].
+
+        ``jacobi_tol`` > 0: stop after the first round whose residual is below it (adaptive
+        rounds, as the Megatron model's ``--jacobi-eval-tol``). ``self.jacobi_rounds_used``: the
+        rounds run.
+        """
         thoughts: list[Tensor] = []  # thoughts[k-1] = z^k
         for _ in range(self.config.num_latent_thoughts):
             # The papers' rule: the pass over the k slots so far sets every thought, z^1..z^k <-
             # outputs of slots 0..k-1 (the old ones refreshed as in a Jacobi round, z^k new).
             thoughts = list(self._latent_pass(token_inputs, thoughts, position_ids, attention_mask).unbind(2))
-        for _ in range(rounds):
+        self.jacobi_rounds_used = rounds
+        for done in range(1, rounds + 1):
             outputs = self._latent_pass(token_inputs, thoughts, position_ids, attention_mask)  # [b, L, N+1, h]
-            thoughts = list(outputs[:, :, :-1].unbind(2))  # z^k <- H[slot before it]
+            previous, thoughts = thoughts, list(outputs[:, :, :-1].unbind(2))  # z^k <- H[slot before it]
+            if jacobi_tol and _residual(previous, thoughts) < jacobi_tol:
+                self.jacobi_rounds_used = done
+                break
         return thoughts
 
     def _latent_logits(
-        self, token_inputs: Tensor, position_ids: Tensor, attention_mask: Tensor, rounds: int
+        self, token_inputs: Tensor, position_ids: Tensor, attention_mask: Tensor, rounds: int,
+        jacobi_tol: float | None = None,
     ) -> Tensor:
-        """Initial thoughts, ``rounds`` Jacobi rounds, final pass -> logits [b, L, V]."""
-        thoughts = self._latent_thoughts(token_inputs, position_ids, attention_mask, rounds)
+        """Initial thoughts, ``rounds`` Jacobi rounds (fewer with ``jacobi_tol``), final pass -> logits [b, L, V]."""
+        thoughts = self._latent_thoughts(token_inputs, position_ids, attention_mask, rounds, jacobi_tol)
         outputs = self._latent_pass(token_inputs, thoughts, position_ids, attention_mask)  # [b, L, N+1, h]
         return self.output_logits(outputs[:, :, -1])
 
@@ -299,6 +314,7 @@ class PonderLMForCausalLM(PreTrainedModel):
         stopping_criteria=None,
         prefill: str | None = None,
         num_jacobi_rounds: int | None = None,
+        jacobi_tol: float | None = None,
         **kwargs,
     ) -> Tensor:
         """Greedy or sampled decoding; returns [b, prompt + new] token ids.
@@ -335,6 +351,9 @@ class PonderLMForCausalLM(PreTrainedModel):
             prefill: ``"jacobi"`` or ``"sequential"`` (latent prompt filling, see above; default
                 ``"jacobi"`` with the cache, ``"sequential"`` without).
             num_jacobi_rounds: J of the Jacobi prefill (default ``config.jacobi_eval_rounds``).
+            jacobi_tol: adaptive Jacobi prefill: stop its rounds once a round's residual over the
+                batch is below it (at most J); the rounds run are left in
+                ``self.jacobi_rounds_used``. None or 0 (default): the J rounds.
         """
         for name, value in kwargs.items():
             if name not in _IGNORED_GENERATE_KWARGS or value != _IGNORED_GENERATE_KWARGS[name]:
@@ -367,8 +386,12 @@ class PonderLMForCausalLM(PreTrainedModel):
                 warpers.append(TopPLogitsWarper(top_p))
 
         rounds = self._prefill_rounds(use_cache, prefill, num_jacobi_rounds)
+        if jacobi_tol is not None and (rounds is None or not jacobi_tol >= 0):
+            raise ValueError(f"generate(jacobi_tol={jacobi_tol!r}) needs a number >= 0 and the Jacobi prefill "
+                             "(use_cache=True, prefill='jacobi')")
         attention_mask, position_ids = self._mask_and_positions(input_ids, attention_mask, None)
-        decoder = _CachedDecoder(self, input_ids, attention_mask, position_ids, rounds) if use_cache else None
+        decoder = (_CachedDecoder(self, input_ids, attention_mask, position_ids, rounds, jacobi_tol)
+                   if use_cache else None)
         sequences, mask = input_ids, attention_mask
         finished = torch.zeros(input_ids.size(0), dtype=torch.bool, device=input_ids.device)
         logits = decoder.prefill_logits if decoder is not None else None
@@ -419,6 +442,13 @@ class PonderLMForCausalLM(PreTrainedModel):
         return self.forward(sequences, attention_mask=mask, num_jacobi_rounds=rounds).logits[:, -1]
 
 
+def _residual(previous: list[Tensor], updated: list[Tensor]) -> float:
+    """||z^j - z^(j-1)||^2 / numel over every thought of the batch (N tensors [b, L, h]), summed
+    in float64 as the Megatron model's adaptive rounds do; one host read."""
+    squares = sum((new - old).float().pow(2).sum(dtype=torch.float64) for new, old in zip(updated, previous))
+    return float(squares) / sum(t.numel() for t in updated)
+
+
 class _CachedDecoder:
     """KV-cached decoding state of one ``generate`` call.
 
@@ -428,7 +458,7 @@ class _CachedDecoder:
     """
 
     def __init__(self, model: PonderLMForCausalLM, input_ids: Tensor, attention_mask: Tensor,
-                 position_ids: Tensor, jacobi_rounds: int | None = None):
+                 position_ids: Tensor, jacobi_rounds: int | None = None, jacobi_tol: float | None = None):
         self.model = model
         config = model.config
         self.latent = config.ponder_mode == "latent"
@@ -437,6 +467,7 @@ class _CachedDecoder:
         self.slot_mask = attention_mask[:, :0]  # [b, slots so far]
         self.last_position = position_ids[:, -1:]  # [b, 1]
         self.jacobi_rounds = jacobi_rounds
+        self.jacobi_tol = jacobi_tol
         self.prefill_logits = self._prefill(input_ids, attention_mask, position_ids)  # [b, V]
 
     def append(self, tokens: Tensor) -> Tensor:
@@ -462,7 +493,8 @@ class _CachedDecoder:
         """The scoring forward's passes over the prompt; the final one fills the cache -> [b, V]."""
         model = self.model
         token_inputs = model.embed_tokens(input_ids, position_ids)  # [b, P, h]
-        thoughts = model._latent_thoughts(token_inputs, position_ids, attention_mask, self.jacobi_rounds)
+        thoughts = model._latent_thoughts(token_inputs, position_ids, attention_mask, self.jacobi_rounds,
+                                          self.jacobi_tol)
         self.slot_mask = attention_mask.repeat_interleave(self.slots_per_token, dim=1)  # [b, (N+1)P]
         outputs = model._latent_pass(token_inputs, thoughts, position_ids, attention_mask, self.caches[0])
         return model.output_logits(outputs[:, -1, -1])  # last thought slot of the last token
