@@ -94,6 +94,12 @@ class PonderConfig(TransformerConfig):
     ``unfused`` (Megatron's ``DotProductAttention``, which keeps the [b, heads, s, s]
     probabilities for backward). The Transformer Engine spec ignores it (TE's fused attention)."""
 
+    reset_attention_mask: bool = False
+    """The batches carry document masks (``--reset-attention-mask``): the Transformer Engine spec
+    then builds its core attention with a mask type that applies an explicit mask
+    (:func:`megatron_ponder.model.specs.get_transformer_engine_block_spec`); the local spec
+    applies any mask it is given."""
+
     def __post_init__(self):
         drop_deprecated_full_cuda_graph_scope(self)  # Megatron's default warns at every build
         super().__post_init__()

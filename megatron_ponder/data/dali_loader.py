@@ -66,15 +66,18 @@ def window_layout(dataset) -> Tuple[int, int]:
     """``(seq_length, pad_id)`` of a (blended) Megatron GPT dataset the DALI graph reproduces.
 
     DataError for a config whose samples the graph does not build the same way (per-document
-    position ids, EOD loss masking, samples without the extra label token).
+    position ids, document attention masks, EOD loss masking, samples without the extra label
+    token).
     """
     layouts = set()
     for part in _gpt_datasets(dataset):
         config = part.config
-        if not config.add_extra_token_to_sequence or config.reset_position_ids or config.eod_mask_loss:
+        if (not config.add_extra_token_to_sequence or config.reset_position_ids or config.eod_mask_loss
+                or config.reset_attention_mask):
             raise DataError(
                 "--dataloader-type dali builds samples of seq_length + 1 tokens with plain "
-                "positions and no EOD loss masking; this dataset's config differs: use the default "
+                "positions, causal attention and no EOD loss masking; this dataset's config differs "
+                "(--reset-position-ids, --reset-attention-mask or --eod-mask-loss): use the default "
                 "--dataloader-type single"
             )
         layouts.add((int(config.sequence_length), int(part._pad_token_id)))

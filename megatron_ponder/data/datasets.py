@@ -151,12 +151,22 @@ def build_gpt_datasets(
     *,
     model_vocab_size: Optional[int] = None,
     is_built_on_rank: Optional[Callable[[], bool]] = None,
+    reset_position_ids: bool = False,
+    reset_attention_mask: bool = False,
+    eod_mask_loss: bool = False,
 ):
     """(train, valid, test) GPT datasets; a split not built is None.
 
     Each dataset item is a dict of ``tokens``/``labels`` ``[seq_length]`` int64 (labels =
     tokens shifted by one), ``loss_mask`` ``[seq_length]`` float and ``position_ids``
-    ``[seq_length]`` int64; no attention mask (the model builds the causal mask).
+    ``[seq_length]`` int64; no attention mask (the model builds the causal mask) unless
+    ``reset_attention_mask``.
+
+    The three document flags have Megatron-LM's meaning and are applied by Megatron's own
+    ``_get_ltor_masks_and_position_ids`` inside ``GPTDataset``: ``reset_position_ids``: positions
+    restart after every end-of-document token; ``reset_attention_mask``: each item also holds an
+    ``attention_mask`` [1, L, L] bool (True = masked) in which no token sees an earlier document;
+    ``eod_mask_loss``: ``loss_mask`` is 0 at end-of-document tokens.
 
     ``num_samples`` (train, valid, test): samples to draw; Megatron repeats epochs (each one
     reshuffled) to reach it; a part of ``split`` asked for 0 samples is not built (None).
@@ -190,10 +200,11 @@ def build_gpt_datasets(
         split=files.split,
         tokenizer=tokenizer,
         path_to_cache=path_to_cache,
-        reset_position_ids=False,
-        reset_attention_mask=False,
-        eod_mask_loss=False,
-        create_attention_mask=False,
+        reset_position_ids=reset_position_ids,
+        reset_attention_mask=reset_attention_mask,
+        eod_mask_loss=eod_mask_loss,
+        # Megatron builds the document mask only when asked to create one.
+        create_attention_mask=reset_attention_mask,
     )
     if config.split_matrix is not None:
         # A part asked for no samples (the test part, validation at --eval-iters 0) is not built:
@@ -377,7 +388,8 @@ class MicrobatchStream:
 
     def next_step(self) -> List[Dict[str, Optional[torch.Tensor]]]:
         """``num_microbatches`` dicts of ``tokens``/``labels``/``position_ids`` [b, L] int64,
-        ``loss_mask`` [b, L] float32 and ``attention_mask`` None (b = micro_batch_size)."""
+        ``loss_mask`` [b, L] float32 and ``attention_mask`` (b = micro_batch_size): None (causal),
+        or the samples' document masks [b, 1, L, L] bool, True = masked (``reset_attention_mask``)."""
         indices = rank_step_indices(self.consumed_samples, self.global_batch_size,
                                     self.data_parallel_rank, self.data_parallel_size, len(self.dataset))
         per_rank, b = len(indices), self.micro_batch_size
@@ -396,7 +408,8 @@ class MicrobatchStream:
             "labels": stack("labels", torch.int64),
             "loss_mask": stack("loss_mask", torch.float32),
             "position_ids": stack("position_ids", torch.int64),
-            "attention_mask": None,
+            # Megatron's per-sample document masks [1, L, L] when the dataset builds them.
+            "attention_mask": stack("attention_mask", torch.bool) if "attention_mask" in samples[0] else None,
         }
 
 

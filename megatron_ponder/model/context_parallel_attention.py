@@ -3,7 +3,9 @@
 Megatron's own local attention refuses CP (only TE's attention implements it), so CPU runs use
 :class:`ContextParallelLocalAttention`: keys/values are all-gathered over the CP group and the
 causal mask is built from the global slot index of every local query and key, under Megatron's
-load-balanced split (rank r holds chunks r and 2cp-1-r of 2*cp).
+load-balanced split (rank r holds chunks r and 2cp-1-r of 2*cp). A document mask (this rank's
+query rows, every key) is applied on top. The TE spec uses it too for document masks under CP
+(TE's own CP attention takes no arbitrary mask).
 """
 
 from __future__ import annotations
@@ -112,9 +114,13 @@ class ContextParallelLocalAttention(MegatronModule):
         attention_bias: Optional[Tensor] = None,
         packed_seq_params=None,
     ) -> Tensor:
-        if attention_mask is not None or attention_bias is not None or packed_seq_params is not None:
+        """``attention_mask``: None (causal), or this rank's rows of a mask in global key order,
+        [b|1, 1, s_local, s_global] bool, True = masked (document masks: the batch's token mask
+        split by Megatron's ``get_batch_on_this_cp_rank``, which keeps every key column); it is
+        applied on top of the causal order of the global slot indices."""
+        if attention_bias is not None or packed_seq_params is not None:
             raise NotImplementedError(
-                "ContextParallelLocalAttention computes causal attention only (no mask, bias or packing)"
+                "ContextParallelLocalAttention takes no attention bias or packed sequences"
             )
         group = parallel_state.get_context_parallel_group()
         cp_size = dist.get_world_size(group)
@@ -124,6 +130,13 @@ class ContextParallelLocalAttention(MegatronModule):
         query_index = global_slot_indices(query.size(0), cp_rank, cp_size, query.device)
         key_index = torch.arange(key.size(0), device=query.device)
         future = key_index[None, :] > query_index[:, None]  # [s_local, s_global]
+        if attention_mask is not None:
+            if attention_mask.shape[-2:] != future.shape:
+                raise ValueError(
+                    f"context-parallel attention mask {tuple(attention_mask.shape)}: expected this rank's "
+                    f"rows of the global mask [b, 1, {future.size(0)}, {future.size(1)}]"
+                )
+            future = future | attention_mask  # [b|1, 1, s_local, s_global]
         if self.kernel == "sdpa":
             dropout_p = self.dropout.p if self.training else 0.0
             with attention_dropout_rng(self.config, dropout_p):

@@ -77,6 +77,11 @@ def interleave_attention_mask(
     c <= a in slot order. For a causal token mask this is exactly the causal slot mask; for
     document masks (reset at end-of-document) no slot ever sees another document.
     None stays None (the attention then applies its own causal mask over the slots).
+
+    A context-parallel rank's rows of a mask, [b|1, 1, L_local, L] (every key, in global order),
+    become [b|1, 1, k*L_local, k*L] by the expansion alone: the order of slots within a token
+    group is then added by the context-parallel attention, which masks every key after the query
+    in global slot order (:mod:`megatron_ponder.model.context_parallel_attention`).
     """
     if attention_mask is None or slots_per_token == 1:
         return attention_mask
@@ -84,5 +89,7 @@ def interleave_attention_mask(
         slots_per_token, dim=-2
     )
     num_slots = expanded.size(-1)
+    if expanded.size(-2) != num_slots:  # a context-parallel shard's rows
+        return expanded
     after = torch.ones(num_slots, num_slots, dtype=torch.bool, device=expanded.device).triu(1)
     return expanded | after

@@ -131,6 +131,8 @@ def get_transformer_engine_block_spec(
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
     layer_spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=config.qk_layernorm)
+    if getattr(config, "reset_attention_mask", False):
+        layer_spec = document_mask_attention(layer_spec, config)
     if parallel_residual:
         # TE fuses ln1 into linear_qkv and ln2 into linear_fc1 (the separate norms are identities),
         # so handing both sub-blocks the layer input x is exactly the parallel residual.
@@ -142,18 +144,49 @@ def get_transformer_engine_block_spec(
     )
 
 
+def document_mask_attention(layer_spec: ModuleSpec, config: TransformerConfig) -> ModuleSpec:
+    """The TE layer spec with a self-attention that applies an explicit (document) mask.
+
+    Megatron's GPT spec builds TE's attention with ``attn_mask_type=causal``, under which TE
+    ignores ``attention_mask``. ``arbitrary`` makes TE apply the mask as given ([b|1, 1, sq, sk],
+    True = masked; the causal part is in the mask). TE's own context parallelism takes no
+    arbitrary mask, so under CP the core attention is the local spec's
+    :class:`ContextParallelLocalAttention` (SDPA on the same mask, keys/values all-gathered over CP).
+    """
+    from megatron.core.transformer.enums import AttnMaskType
+
+    layer_spec = copy.deepcopy(layer_spec)
+    self_attention = layer_spec.submodules.self_attention
+    self_attention.params = {**(self_attention.params or {}), "attn_mask_type": AttnMaskType.arbitrary}
+    if config.context_parallel_size > 1:
+        self_attention.submodules.core_attention = ModuleSpec(
+            module=ContextParallelLocalAttention, params={"kernel": "sdpa"}
+        )
+    return layer_spec
+
+
 def check_attention_mask_supported(config: TransformerConfig, attention_mask: Optional[torch.Tensor]) -> None:
-    """Refuse an attention mask that the layers would silently ignore.
+    """Refuse an attention mask that the layers would silently ignore, or a missing one they need.
 
     The Transformer Engine spec is built with ``attn_mask_type=causal`` (Megatron's GPT spec),
     and TE's attention ignores ``attention_mask`` under a causal mask type: a document or padding
-    mask would be dropped without a word. The local spec applies the mask.
+    mask would be dropped without a word. Built for document masks (``config.reset_attention_mask``,
+    :func:`document_mask_attention`) it applies the mask, and then needs one. The local spec
+    applies any mask it is given.
     """
-    if attention_mask is not None and config.transformer_impl == "transformer_engine":
+    if config.transformer_impl != "transformer_engine":
+        return
+    masked = getattr(config, "reset_attention_mask", False)
+    if attention_mask is not None and not masked:
         raise ValueError(
             "the Transformer Engine layer spec attends causally and would ignore attention_mask: "
-            "pass attention_mask=None, or build with transformer_impl='local' "
-            "(--transformer-impl local) to apply the mask"
+            "pass attention_mask=None, build with reset_attention_mask=True (--reset-attention-mask) "
+            "to apply it, or with transformer_impl='local' (--transformer-impl local)"
+        )
+    if attention_mask is None and masked:
+        raise ValueError(
+            "the Transformer Engine layer spec was built for document masks (reset_attention_mask) "
+            "and needs attention_mask: pass the batch's document mask [b, 1, L, L]"
         )
 
 

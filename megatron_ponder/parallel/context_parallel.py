@@ -20,7 +20,7 @@ from megatron.core import parallel_state
 
 from megatron_ponder.runtime.megatron_compat import get_batch_on_this_cp_rank
 
-from megatron_ponder.sequence_layout import ContextParallelLayoutError, check_sequence_layout
+from megatron_ponder.sequence_layout import check_sequence_layout
 
 
 def split_batch_for_context_parallel(
@@ -28,18 +28,14 @@ def split_batch_for_context_parallel(
 ) -> Dict[str, Any]:
     """This CP rank's chunks (r and 2cp-1-r) of every [b, L] tensor in ``batch``.
 
-    ``attention_mask`` must be None under CP (causal attention is built from slot indices).
+    ``attention_mask`` (document masks [b, 1, L, L], or None for causal attention) keeps every
+    key column and loses the query rows of the other ranks (Megatron's split of a mask:
+    [b, 1, L/cp, L]); the context-parallel attention applies it on top of its causal order.
     """
     cp_group = cp_group or parallel_state.get_context_parallel_group()
     cp_size = dist.get_world_size(cp_group)
     if cp_size == 1:
         return batch
-    if batch.get("attention_mask") is not None:
-        raise ContextParallelLayoutError(
-            "context parallelism supports causal attention only: pass attention_mask=None "
-            "(a document mask under context parallelism is not supported: set "
-            "--context-parallel-size 1 to apply it)"
-        )
     length = batch["tokens"].size(1)
     check_sequence_layout(length, 1, False, cp_size)
     # Megatron's helper rewrites the dict in place; the looped pipeline reads every microbatch

@@ -470,6 +470,12 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
     if args.data_path and not args.tokenizer_model and args.tokenizer_type != "NullTokenizer":
         fail("--data-path needs the tokenizer it was preprocessed with: --tokenizer-type HuggingFaceTokenizer "
              "--tokenizer-model PATH")
+    documents = [flag for flag, on in (("--reset-position-ids", args.reset_position_ids),
+                                       ("--reset-attention-mask", args.reset_attention_mask),
+                                       ("--eod-mask-loss", args.eod_mask_loss)) if on]
+    if documents and args.dataloader_type == "dali":
+        fail(f"{' '.join(documents)} with --dataloader-type dali: the DALI graph builds plain positions, "
+             "causal attention and no EOD loss masking; use --dataloader-type single")
     if args.dataloader_type == "dali":
         from megatron_ponder.data.dali_loader import import_dali
         from megatron_ponder.data.errors import DataError
@@ -478,12 +484,6 @@ def validate_args(args: argparse.Namespace, world_size: int) -> RunSizes:
             import_dali()
         except DataError as error:
             fail(str(error))
-    documents = [flag for flag, on in (("--reset-position-ids", args.reset_position_ids),
-                                       ("--reset-attention-mask", args.reset_attention_mask),
-                                       ("--eod-mask-loss", args.eod_mask_loss)) if on]
-    if documents and args.dataloader_type == "dali":
-        fail(f"{' '.join(documents)} with --dataloader-type dali: the DALI graph builds plain positions, "
-             "causal attention and no EOD loss masking; use --dataloader-type single")
     if args.dali_py_workers < 0 or (args.dali_py_workers and args.dataloader_type != "dali"):
         fail(f"--dali-py-workers {args.dali_py_workers} needs --dataloader-type dali and a count >= 0")
     if args.save_interval is not None and not args.save:

@@ -53,6 +53,10 @@ def prepare_data(args):
         mock=args.mock_data,
         valid_data_path=valid_path,
         cache_dir=args.data_cache_path,
+        # Runs saved before the document flags existed lack them.
+        reset_position_ids=getattr(args, "reset_position_ids", False),
+        reset_attention_mask=getattr(args, "reset_attention_mask", False),
+        eod_mask_loss=getattr(args, "eod_mask_loss", False),
     )
     check_validation_set(valid, args.eval_iters, args.split, args.valid_data_path)
     return train, valid

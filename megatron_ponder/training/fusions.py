@@ -18,7 +18,7 @@ On CPU none applies, so the CPU suite runs the same unfused code as before.
 from __future__ import annotations
 
 import importlib.util
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 FUSION_FLAGS: Dict[str, str] = {
     "bias_dropout_fusion": "--no-bias-dropout-fusion",
@@ -34,6 +34,20 @@ def module_present(name: str) -> bool:
         return importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
         return False
+
+
+def rope_fusion_blocked_reason(args) -> Optional[str]:
+    """Why this run's data rules out TE's fused RoPE, or None.
+
+    The fused kernel takes one RoPE table for the whole microbatch ([s, 1, 1, d]); with
+    ``--reset-position-ids`` each sample has its own positions, so a microbatch of several
+    samples needs the unfused RoPE, which takes a table per sample
+    (``PonderGPTModel.rotary_for_positions``).
+    """
+    if getattr(args, "reset_position_ids", False) and args.micro_batch_size > 1:
+        return ("--reset-position-ids with --micro-batch-size > 1 gives every sample its own positions; "
+                "the fused RoPE kernel takes one table per microbatch")
+    return None
 
 
 def fusions_with_kernels(

@@ -68,6 +68,7 @@ FIELD_FLAGS = {
     "jacobi_seed": (["--jacobi-seed", "9"], 9),
     "input_embedding_scale": (["--input-embedding-scale", "2.5"], 2.5),
     "local_attention": (["--local-attention", "unfused"], "unfused"),
+    "reset_attention_mask": (["--reset-attention-mask"], True),
 }
 
 
