@@ -244,6 +244,7 @@ def _cuda_stand_ins() -> Dict[str, Any]:
         get_device_name=lambda *a, **k: _device_properties().name, is_bf16_supported=lambda *a, **k: True,
         memory_allocated=zero(), max_memory_allocated=zero(), memory_reserved=zero(), max_memory_reserved=zero(),
         reset_peak_memory_stats=nothing(), reset_max_memory_allocated=nothing(),
+        memory_stats=lambda *a, **k: {},  # no allocator: the training log's memory figures read 0
     )
 
 
