@@ -65,6 +65,7 @@ FIELD_FLAGS = {
     "num_latent_thoughts": (["--num-latent-thoughts", "3"], 3),
     "jacobi_train_rounds": (["--jacobi-train-rounds", "1,5"], (1, 5)),
     "jacobi_eval_rounds": (["--jacobi-eval-rounds", "6"], 6),
+    "jacobi_eval_tol": (["--jacobi-eval-tol", "1e-3"], 1e-3),
     "jacobi_seed": (["--jacobi-seed", "9"], 9),
     "input_embedding_scale": (["--input-embedding-scale", "2.5"], 2.5),
     "local_attention": (["--local-attention", "unfused"], "unfused"),
