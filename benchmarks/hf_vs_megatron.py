@@ -10,6 +10,12 @@ mark above what was resident before the step, /proc/self/status), then ``--steps
 so load from other jobs hits all alike. Megatron runs "before" (the local spec's core attention
 ``unfused``, Megatron's DotProductAttention, and unfused SwiGLU) and "after" (the defaults: the
 SDPA core attention and Megatron's fused SwiGLU).
+Truncated backpropagation (issue 24): ponder S=3 with ``--ponder-grad-steps 1`` and latent N=1 J=3 /
+N=2 J=2 with ``--jacobi-grad-rounds 1``, Megatron "after" only, against the HF model at the same
+J (the HF model, like the papers' code, backpropagates through every round). Activation memory:
+the peak bytes of saved non-parameter storages over one forward+backward
+(tests/support/saved_tensor_probe.py, as benchmarks/saved_intermediates.py), measured in the same
+worker after the timed steps.
 "time / FLOP model" is (t_mode / t_none) / (FLOPs_mode / FLOPs_none) for the same kernel, with
 :func:`megatron_ponder.training.flops.step_flops`.
 
@@ -44,6 +50,15 @@ MODES = {
     "latent N=1 J=3": {"ponder_mode": "latent", "num_latent_thoughts": 1, "jacobi_train_rounds": (3, 3)},
     "latent N=2 J=2": {"ponder_mode": "latent", "num_latent_thoughts": 2, "jacobi_train_rounds": (2, 2)},
 }
+# Truncated backpropagation (issue 24): mode -> (its all-rounds mode, the fields that truncate it).
+# Measured for the Megatron defaults only; the HF side is the all-rounds mode's (same J).
+TRUNCATED = {
+    "ponder S=3 K=1": ("ponder S=3", {"ponder_grad_steps": 1}),
+    "latent N=1 J=3 K=1": ("latent N=1 J=3", {"jacobi_grad_rounds": 1}),
+    "latent N=2 J=2 K=1": ("latent N=2 J=2", {"jacobi_grad_rounds": 1}),
+}
+for _mode, (_base, _fields) in TRUNCATED.items():
+    MODES[_mode] = {**MODES[_base], **_fields}
 SHAPES = {
     "h256": {"size": {"num_layers": 4, "hidden_size": 256, "num_attention_heads": 4, "num_query_groups": 2,
                       "ffn_hidden_size": 704}, "vocab": 4096, "seq": 256, "batch": 4},
@@ -111,7 +126,8 @@ def batch(shape: dict):
 
 
 def worker(shape_name: str, mode: str, impl: str, steps: int) -> None:
-    """In a fresh process: peak step memory and median CPU seconds of ``steps`` steps."""
+    """In a fresh process: peak step memory, median CPU seconds of ``steps`` steps, and the peak
+    bytes autograd saves for backward (activation memory)."""
     import torch
 
     from megatron_ponder.runtime.parallel_init import initialize_parallel
@@ -147,7 +163,14 @@ def worker(shape_name: str, mode: str, impl: str, steps: int) -> None:
         start = time.process_time()
         step()
         times.append(time.process_time() - start)
-    print(json.dumps({"peak_mib": peak / 2**20, "cpu_s": statistics.median(times)}))
+    sys.path.insert(0, str(REPO / "tests"))  # the probe is a test helper
+    from support.saved_tensor_probe import SavedTensorPeak
+
+    model.zero_grad(set_to_none=True)
+    probe = SavedTensorPeak(model.parameters())
+    with probe.measuring():
+        run()
+    print(json.dumps({"peak_mib": peak / 2**20, "cpu_s": statistics.median(times), "saved_mib": probe.peak / 2**20}))
 
 
 def _env():
@@ -157,14 +180,18 @@ def _env():
     return env
 
 
-def part1(shape_name: str, repeats: int, steps: int):
-    samples = {(mode, impl): [] for mode in MODES for impl in IMPLS}
+def part1(shape_name: str, repeats: int, steps: int, truncated_only: bool = False):
+    samples = {(mode, impl): [] for mode in MODES for impl in IMPLS if mode not in TRUNCATED or impl == "megatron after"}
+    if truncated_only:  # the truncated rows and what they are compared with
+        bases = {base for base, _ in TRUNCATED.values()}
+        samples = {(mode, impl): runs for (mode, impl), runs in samples.items()
+                   if mode in TRUNCATED or (mode in bases and impl != "megatron before")}
     for _ in range(repeats):
         for config in samples:
             output = subprocess.run([sys.executable, __file__, "--worker", shape_name, *config, str(steps)],
                                     env=_env(), check=True, capture_output=True, text=True).stdout
             samples[config].append(json.loads(output.strip().splitlines()[-1]))
-    return {config: {key: statistics.median(s[key] for s in runs) for key in ("peak_mib", "cpu_s")}
+    return {config: {key: statistics.median(s[key] for s in runs) for key in ("peak_mib", "cpu_s", "saved_mib")}
             for config, runs in samples.items()}
 
 
@@ -181,6 +208,7 @@ def flops(shape: dict, mode: str) -> float:
         ffn_hidden_size=size["ffn_hidden_size"], num_layers=size["num_layers"], recompute_granularity=None,
         ponder_mode=fields["ponder_mode"], ponder_steps=fields.get("ponder_steps", 0),
         num_latent_thoughts=fields.get("num_latent_thoughts", 1), ponder_topk=None,
+        ponder_grad_steps=fields.get("ponder_grad_steps"), jacobi_grad_rounds=fields.get("jacobi_grad_rounds"),
     )
     rounds = fields.get("jacobi_train_rounds", (0, 0))[0]
     return step_flops(config, shape["seq"], shape["batch"], shape["vocab"], rounds)
@@ -230,6 +258,28 @@ def part2(shape_name: str, repeats: int, steps: int):
     return {overlap: statistics.median(values) for overlap, values in samples.items()}
 
 
+def truncated_table(results) -> list:
+    """Rows of the truncated-backpropagation table (issue 24): the all-rounds modes, then K=1."""
+    bases = [base for base, _ in TRUNCATED.values()]
+    lines = ["| mode | HF s | Megatron s | time / HF | HF activation MiB | Megatron activation MiB | activation / HF "
+             "| HF resident MiB | Megatron resident MiB | resident / HF |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for mode in [*dict.fromkeys(bases), *TRUNCATED]:
+        hf = results[(TRUNCATED[mode][0] if mode in TRUNCATED else mode, "hf")]
+        new = results[(mode, "megatron after")]
+        lines.append(
+            f"| {mode} | {hf['cpu_s']:.2f} | {new['cpu_s']:.2f} | {new['cpu_s'] / hf['cpu_s']:.2f} "
+            f"| {hf['saved_mib']:.0f} | {new['saved_mib']:.0f} | {new['saved_mib'] / hf['saved_mib']:.2f} "
+            f"| {hf['peak_mib']:.0f} | {new['peak_mib']:.0f} | {new['peak_mib'] / hf['peak_mib']:.2f} |"
+        )
+    return lines
+
+
+def truncated_intro() -> list:
+    return ["Truncated backpropagation (issue 24), Megatron after against the HF model at the same J (which "
+            "backpropagates through every round, as the papers' code does). Activation = peak bytes autograd "
+            "saves for backward (saved non-parameter storages); resident = the peak above:", ""]
+
+
 def markdown(shape_name: str, results, overlap, repeats: int, steps: int, command: str) -> str:
     shape = SHAPES[shape_name]
     lines = [
@@ -244,7 +294,8 @@ def markdown(shape_name: str, results, overlap, repeats: int, steps: int, comman
         "| HF MiB | before MiB | after MiB | memory after / HF | memory before / HF |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for mode in MODES:
+    full_modes = [mode for mode in MODES if mode not in TRUNCATED]
+    for mode in full_modes:
         hf, old, new = (results[(mode, impl)] for impl in IMPLS)
         lines.append(
             f"| {mode} | {hf['cpu_s']:.2f} | {old['cpu_s']:.2f} | {new['cpu_s']:.2f} | {new['cpu_s'] / hf['cpu_s']:.2f} "
@@ -254,10 +305,11 @@ def markdown(shape_name: str, results, overlap, repeats: int, steps: int, comman
     lines += ["", "Step time against the FLOP model, (t_mode / t_none) / (FLOPs_mode / FLOPs_none):", "",
               "| mode | FLOP ratio | HF | Megatron before | Megatron after |", "|---|---|---|---|---|"]
     base = flops(shape, "none")
-    for mode in MODES:
+    for mode in full_modes:
         ratio = flops(shape, mode) / base
         cells = [results[(mode, impl)]["cpu_s"] / results[("none", impl)]["cpu_s"] / ratio for impl in IMPLS]
         lines.append(f"| {mode} | {ratio:.2f} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+    lines += ["", *truncated_intro(), *truncated_table(results)]
     if overlap:
         lines += ["", "DP=2 (gloo, 2 processes), ponder S=3, distributed optimizer, median step wall time:", "",
                   "| overlap off s | overlap on s | on / off |", "|---|---|---|",
@@ -277,12 +329,20 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--no-dp", action="store_true", help="skip part 2 (DP=2 overlap)")
+    parser.add_argument("--truncated-only", action="store_true",
+                        help="only the truncated-backpropagation table (issue 24): K=1 rows and their all-rounds modes")
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks" / "hf_vs_megatron.md"))
     args = parser.parse_args(argv)
     shape_name = "tiny" if args.tiny else "h256"
-    results = part1(shape_name, args.repeats, args.steps)
-    overlap = None if args.no_dp else part2(shape_name, args.repeats, args.steps + 1)
+    results = part1(shape_name, args.repeats, args.steps, args.truncated_only)
     command = "python benchmarks/hf_vs_megatron.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
+    if args.truncated_only:
+        text = "\n".join([f"Produced by `{command}` on {machine()}, shape `{shape_name}`.", "",
+                          *truncated_intro(), *truncated_table(results)]) + "\n"
+        Path(args.output).write_text(text)
+        print(text)
+        return 0
+    overlap = None if args.no_dp else part2(shape_name, args.repeats, args.steps + 1)
     text = markdown(shape_name, results, overlap, args.repeats, args.steps, command)
     Path(args.output).write_text(text)
     print(text)

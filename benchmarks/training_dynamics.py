@@ -24,7 +24,11 @@ validation loss among that method's finished 300-step runs so far:
    again (stage 1 chose the LR with Megatron's init);
 6. ``defaults``: the main job's per-mode settings (``DEFAULTS``, chosen from the above) on every corpus;
 7. ``long``: the best setting per method at 4x the steps (1200), to see whether the order holds;
-8. ``long-defaults``: the main job's defaults (``DEFAULTS``) at 4x the steps, needing no earlier stage.
+8. ``long-defaults``: the main job's defaults (``DEFAULTS``) at 4x the steps, needing no earlier stage;
+9. ``grad-rounds`` (issue 24): truncated backpropagation at 4x the steps, the main job's defaults
+   otherwise: latent with ``--jacobi-grad-rounds K`` and ponder with ``--ponder-grad-steps K`` for K
+   in ``--grad-counts`` (1, 2, all); "all" is the papers' path (no flag: the ``long-defaults``
+   runs), and with it vanilla, the reference at equal FLOPs.
 
 Every run is one process with one thread; ``--jobs`` runs run side by side (default 2, one per
 core). A run whose folder holds a finished run of the same command is not run again, so the
@@ -32,6 +36,7 @@ study resumes where it stopped. The report (:mod:`training_dynamics_report`) rea
 
     python benchmarks/training_dynamics.py                      # all stages (about 2.5 h on 2 cores)
     python benchmarks/training_dynamics.py --stages lr init     # some stages
+    python benchmarks/training_dynamics.py --corpora stdlib --stages grad-rounds --jobs 1   # issue 24
     python benchmarks/training_dynamics.py --corpora stdlib --train-iters 4 --long-iters 8 \\
         --eval-interval 2 --eval-iters 1 --out /tmp/dyn           # smoke-size
 """
@@ -70,7 +75,10 @@ LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 LONG_WARMUP = 60
 # The alternative input-embedding scale per mode (None: that mode has no alternative studied).
 ALTERNATIVE_SCALE = {"none": None, "ponder": math.sqrt(HIDDEN), "latent": 1.0}
-STAGES = ("lr", "init", "warmup", "scale", "relr", "defaults", "long", "long-defaults")
+STAGES = ("lr", "init", "warmup", "scale", "relr", "defaults", "long", "long-defaults", "grad-rounds")
+# The flag that truncates backpropagation per mode (issue 24), and the K the grad-rounds stage runs.
+GRAD_FLAG = {"ponder": "--ponder-grad-steps", "latent": "--jacobi-grad-rounds"}
+GRAD_COUNTS = ("1", "2", "all")
 # What the main job (examples/pretrain_ponder_gpt.sh) uses per mode, chosen from the stages above on
 # both corpora (docs/training_dynamics.md); the ``defaults`` stage runs each on every corpus.
 DEFAULTS = {
@@ -92,11 +100,13 @@ class Setting:
     warmup: int = 20
     scale: Optional[float] = None  # None: the mode's default input-embedding scale
     iters: int = 300
+    grad: Optional[int] = None  # K of --jacobi-grad-rounds / --ponder-grad-steps; None: all (no flag)
 
     @property
     def name(self) -> str:
         scale = "default" if self.scale is None else f"{self.scale:.3g}"
-        return f"{self.mode}-lr{self.lr:g}-{self.init}-wu{self.warmup}-scale{scale}-{self.iters}"
+        grad = "" if self.grad is None else f"-grad{self.grad}"  # (folders of the earlier stages unchanged)
+        return f"{self.mode}-lr{self.lr:g}-{self.init}-wu{self.warmup}-scale{scale}-{self.iters}{grad}"
 
     @property
     def folder(self) -> str:
@@ -137,6 +147,8 @@ def pretrain_flags(setting: Setting, args, data: List[str]) -> List[str]:
              "--log-interval", str(max(1, setting.iters // 10)), *MODES[setting.mode]]
     if setting.scale is not None:
         flags += ["--input-embedding-scale", f"{setting.scale:g}"]
+    if setting.grad is not None:
+        flags += [GRAD_FLAG[setting.mode], str(setting.grad)]
     return flags
 
 
@@ -167,7 +179,16 @@ def stage_settings(stage: str, out: Path, done: List[Setting], corpora: List[str
     """The runs of one stage, given the finished runs of the stages before it."""
     runs = []
     for corpus in corpora:
-        for mode in MODES:
+        for mode in getattr(args, "modes", MODES):
+            if stage == "grad-rounds":
+                # "all" runs the papers' path (no flag) and vanilla; K runs only the methods.
+                counts = [None if k == "all" else int(k) for k in args.grad_counts]
+                counts = [None] if mode == "none" else counts
+                if mode == "none" and "all" not in args.grad_counts:
+                    continue
+                runs += [Setting(corpus, mode, iters=args.long_iters, **{**DEFAULTS[mode], "grad": k})
+                         for k in counts]
+                continue
             if stage == "lr":
                 runs += [Setting(corpus, mode, lr, iters=args.train_iters) for lr in LEARNING_RATES]
                 continue
@@ -213,10 +234,15 @@ def run_one(setting: Setting, args, out: Path, data: Dict[str, List[str]]) -> No
     env["MASTER_PORT"] = str(free_port())  # each run its own rendezvous: runs side by side must not meet
     started = time.time()
     with open(folder / "log.txt", "w") as log:
-        status = subprocess.run([sys.executable, "-m", "megatron_ponder.pretrain", *flags, "--metrics-file", str(metrics)],
-                                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+        child = subprocess.Popen([sys.executable, "-m", "megatron_ponder.pretrain", *flags, "--metrics-file", str(metrics)],
+                                 env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        # wait4: this child's own resource usage (RUSAGE_CHILDREN would be the peak over all runs so far)
+        _, wait_status, usage = os.wait4(child.pid, 0)
+        child.returncode = status = os.waitstatus_to_exitcode(wait_status)
     seconds = time.time() - started
-    record = dict(run=setting.name, command=shown, setting=setting.__dict__, wall_seconds=seconds, exit_code=status)
+    peak_rss_mib = usage.ru_maxrss / 1024  # Linux reports KiB
+    record = dict(run=setting.name, command=shown, setting=setting.__dict__, wall_seconds=seconds, exit_code=status,
+                  peak_rss_mib=peak_rss_mib, cpu_seconds=usage.ru_utime + usage.ru_stime)
     (folder / "run.json").write_text(json.dumps(record, indent=1))
     print(f"{setting.folder}: exit {status} in {seconds:.0f} s, final valid loss {final_loss(out, setting)}", flush=True)
     if status != 0:
@@ -233,6 +259,10 @@ def main(argv=None):
     parser.add_argument("--long-iters", type=int, default=1200)
     parser.add_argument("--eval-interval", type=int, default=50, help="of the 300-step runs (long runs: scaled)")
     parser.add_argument("--eval-iters", type=int, default=12)
+    parser.add_argument("--grad-counts", nargs="+", default=list(GRAD_COUNTS), choices=GRAD_COUNTS,
+                        help="grad-rounds stage: the K of the methods; all also runs vanilla")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                        help="grad-rounds stage: only these methods (to order runs when the CPU budget is short)")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()  # the command a finished run is matched by holds paths under it
     data = {corpus: data_flags(corpus, out) for corpus in args.corpora}
@@ -240,7 +270,7 @@ def main(argv=None):
     started = time.time()
     for stage in STAGES:
         if stage not in args.stages:
-            if stage not in ("long", "long-defaults"):
+            if stage not in ("long", "long-defaults", "grad-rounds"):
                 try:
                     done += stage_settings(stage, out, done, args.corpora, args)
                 except NoFinishedRun:  # its input stage has not run, so neither has it

@@ -7,14 +7,18 @@ equal compute side by side) and one PNG per corpus next to it.
     python benchmarks/training_dynamics_report.py                      # runs/training-dynamics ->
                                                                        # docs/benchmarks/training_dynamics.md
     python benchmarks/training_dynamics_report.py --out /tmp/dyn --doc /tmp/dyn/report.md
+    python benchmarks/training_dynamics_report.py --grad-rounds --out /work/study/grad   # issue 24:
+        # the grad-rounds stage's section of docs/benchmarks/training_dynamics.md (replaced in place,
+        # the rest of the file kept) and docs/benchmarks/training_dynamics_grad_rounds.png
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -28,6 +32,7 @@ from megatron_ponder.training.grad_norm_watch import GradNormSpikeWatch  # noqa:
 from training_dynamics import DEFAULTS, MODES, Setting  # noqa: E402
 
 SEQ_LENGTH = 128
+VOCAB = 4096
 DEFAULT_SPIKE_FACTOR = 5.0  # --grad-norm-spike-factor's default
 LABELS = {"none": "vanilla", "ponder": "ponder S=3", "latent": "latent N=1"}
 
@@ -237,6 +242,205 @@ def plot_corpus(runs: List[Run], path: Path) -> None:
     plt.close(figure)
 
 
+# ------------------------------------------------------------------ grad-rounds stage (issue 24)
+GRAD_SECTION = "## Truncated backpropagation (`--jacobi-grad-rounds`, `--ponder-grad-steps`)"
+TINY = dict(num_layers=4, hidden_size=128, num_attention_heads=4, num_query_groups=2, ffn_hidden_size=352)  # cpu-tiny
+
+
+def _tiny_config(setting: Setting):
+    """The fields of ``training.flops`` and ``model.passes`` for a run of the study (cpu-tiny)."""
+    from types import SimpleNamespace
+
+    grad = setting.grad
+    return SimpleNamespace(
+        ponder_mode=setting.mode, num_layers=TINY["num_layers"], hidden_size=TINY["hidden_size"],
+        num_query_groups=TINY["num_query_groups"], kv_channels=TINY["hidden_size"] // TINY["num_attention_heads"],
+        ffn_hidden_size=TINY["ffn_hidden_size"], gated_linear_unit=True, recompute_granularity=None,
+        ponder_steps=3, ponder_accumulate=True, ponder_topk=None, num_latent_thoughts=1,
+        ponder_grad_steps=grad if setting.mode == "ponder" else None,
+        jacobi_grad_rounds=grad if setting.mode == "latent" else None)
+
+
+def grad_step_flops(setting: Setting, jacobi_rounds: int) -> float:
+    """Training FLOPs of one step (8 x 128 tokens) of a run of the study, pass by pass.
+
+    A pass that builds its autograd graph costs its forward 3x (forward + backward), one that runs
+    without a graph (``Pass.builds_graph`` False: the leading passes that --jacobi-grad-rounds /
+    --ponder-grad-steps truncate) its forward once: it has no backward. Counted here from the pass
+    plan with ``training.flops``' per-pass formulas because the FLOPs the runs logged
+    (``training.flops.step_flops`` when they ran) counted every pass 3x; for K = all both agree
+    (checked in :func:`grad_rounds_markdown`).
+    """
+    from megatron_ponder.model.passes import PassKind, plan_for_config
+    from megatron_ponder.training.flops import _layers_forward, _output_forward
+
+    config = _tiny_config(setting)
+    batch, total = 8, 0.0
+    for p in plan_for_config(config, jacobi_rounds):
+        forward = _layers_forward(config, p.slots_per_token * SEQ_LENGTH, batch)
+        if setting.mode != "latent" or p.kind == PassKind.FINAL:  # logits: every ponder pass, latent's last
+            forward += _output_forward(config, SEQ_LENGTH, batch, VOCAB)
+        if setting.mode == "ponder" and p.kind == PassKind.PONDER_FEEDBACK:  # the mixture p @ E
+            forward += _output_forward(config, SEQ_LENGTH, batch, VOCAB)
+        total += (3.0 if p.builds_graph else 1.0) * forward
+    return total
+
+
+def _run_flops(run: Run) -> List[float]:
+    """Per training record, the FLOPs of that step (J of a latent step = its number of residuals)."""
+    return [grad_step_flops(run.setting, len(r.get("jacobi_residuals") or [])) for r in run.train]
+
+
+def _grad_label(setting: Setting) -> str:
+    if setting.mode == "none":
+        return "vanilla"
+    return f"{LABELS[setting.mode]}, K={'all' if setting.grad is None else setting.grad}"
+
+
+def _grad_runs(runs: List[Run], iters: int) -> List[Run]:
+    """The grad-rounds stage's runs: the main job's defaults at ``iters`` steps with any K."""
+    found = [r for r in runs if r.setting.iters == iters
+             and replace(r.setting, grad=None) == Setting(r.setting.corpus, r.setting.mode, iters=iters,
+                                                       **{**DEFAULTS[r.setting.mode], "grad": None})]
+    order = list(MODES)
+    return sorted(found, key=lambda r: (order.index(r.setting.mode), -(r.setting.grad or 99)))
+
+
+def _log_peak_rss(folder: Path) -> Optional[float]:
+    """The largest "peak RSS (GiB)" of the training log (the trainer's own figure), in MiB."""
+    import re
+
+    values = [float(v) for v in re.findall(r"peak RSS \(GiB\): ([0-9.]+)", (folder / "log.txt").read_text())]
+    return max(values) * 1024 if values else None
+
+
+def grad_rounds_markdown(out: Path, runs: Dict[str, List[Run]], iters: int, plot_name: str) -> str:
+    lines = [GRAD_SECTION, "",
+             f"`python benchmarks/training_dynamics.py --stages grad-rounds --jobs 1` (the main job's defaults at "
+             f"{iters} steps, one run at a time) and `python benchmarks/training_dynamics_report.py --grad-rounds`. "
+             "K: the Jacobi rounds (latent, J drawn from {2, 3}) or ponder steps (S=3) that build the autograd graph; "
+             "all = the papers' path. Training FLOPs count a pass without a graph as its forward only. Step time: "
+             "median `step_seconds` of the run (one thread; other jobs shared the 2 cores, so compare within a "
+             "row's corpus and time of day only); peak RSS: the process's resident high-water mark (wait4), the "
+             "trainer's own figure in brackets.", ""]
+    for corpus, corpus_runs in runs.items():
+        chosen = _grad_runs(corpus_runs, iters)
+        if not chosen:
+            continue
+        vanilla = next((r for r in chosen if r.setting.mode == "none"), None)
+        evals = sorted({r["iteration"] for run in chosen for r in run.valid if r["iteration"] > 0})
+        lines += [f"### Corpus `{corpus}`", "",
+                  "| run | FLOPs / token | vs K=all | vs vanilla | " + " | ".join(f"valid @{i}" for i in evals)
+                  + " | final vs K=all | s/iter | peak RSS MiB | wall s |",
+                  "|---" * (len(evals) + 8) + "|"]
+        vanilla_step = grad_step_flops(Setting(corpus, "none", iters=iters, **DEFAULTS["none"]), 0)
+        for run in chosen:
+            s = run.setting
+            flops = _run_flops(run)
+            # The same steps (same J draws) with every pass building its graph: the logged FLOPs when K = all.
+            all_rounds = _run_flops(replace(run, setting=replace(s, grad=None)))
+            if s.grad is None:
+                logged = [r["flops"] for r in run.train]
+                assert all(abs(a - b) <= 1e-6 * b for a, b in zip(flops, logged)), "FLOP count differs from flops.py"
+            full = next((r for r in chosen if r.setting.mode == s.mode and r.setting.grad is None), None)
+            token_cost = sum(flops) / (len(flops) * 8 * SEQ_LENGTH)
+            ratio_all = f"{sum(flops) / sum(all_rounds):.3f}x"
+            ratio_vanilla = f"{sum(flops) / (len(flops) * vanilla_step):.2f}x"
+            at = {r["iteration"]: r["loss"] for r in run.valid}
+            delta = f"{run.final - full.final:+.3f}" if full and s.mode != "none" else "-"
+            step = statistics.median(r["step_seconds"] for r in run.train)
+            info = json.loads((out / s.folder / "run.json").read_text())
+            rss = info.get("peak_rss_mib")
+            logged_rss = _log_peak_rss(out / s.folder)
+            rss_cell = ("-" if rss is None else f"{rss:.0f}") + ("" if logged_rss is None else f" ({logged_rss:.0f})")
+            lines.append(f"| {_grad_label(s)} | {token_cost:.3g} | {ratio_all} | {ratio_vanilla} | "
+                         + " | ".join(f"{at[i]:.4f}" if i in at else "-" for i in evals)
+                         + f" | {delta} | {step:.2f} | {rss_cell} | {run.wall_seconds:.0f} |")
+        if vanilla:
+            budget = vanilla.flops_at(vanilla.setting.iters)
+            lines += ["", f"At equal training FLOPs: vanilla's whole run ({budget:.2e} FLOPs) ends at {vanilla.final:.4f}; "
+                      "each method's validation loss at that many of its own training FLOPs (linear between "
+                      "evaluations, mid-schedule, so not annealed), and the FLOPs it needed to first reach vanilla's "
+                      "final loss:", "", "| run | valid loss at vanilla's FLOPs | vs vanilla | reaches vanilla's loss at |",
+                      "|---|---|---|---|"]
+            for run in chosen:
+                if run.setting.mode == "none":
+                    continue
+                points = list(zip(_cumulative_at_evals(run), (r["loss"] for r in run.valid)))
+                at_budget = _interpolate(points, budget)
+                reach = next((f for f, loss in points if loss <= vanilla.final), None)
+                lines.append(f"| {_grad_label(run.setting)} | {'-' if at_budget is None else f'{at_budget:.4f}'} | "
+                             f"{'-' if at_budget is None else f'{at_budget - vanilla.final:+.3f}'} | "
+                             f"{'not within the run' if reach is None else f'{reach:.2e} FLOPs ({reach / budget:.1f}x vanilla)'} |")
+        lines += ["", f"![{corpus}: validation loss vs training FLOPs]({plot_name.format(corpus=corpus)})", ""]
+    return "\n".join(lines)
+
+
+def _cumulative_at_evals(run: Run) -> List[float]:
+    """Training FLOPs (pass by pass, :func:`grad_step_flops`) done before each evaluation."""
+    flops = _run_flops(run)
+    return [sum(f for r, f in zip(run.train, flops) if r["iteration"] <= v["iteration"]) for v in run.valid]
+
+
+def _interpolate(points, x: float) -> Optional[float]:
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
+def plot_grad_rounds(runs: List[Run], iters: int, path: Path) -> None:
+    """Validation loss against training FLOPs for vanilla and each method at every K (one corpus)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen = _grad_runs(runs, iters)
+    figure, (by_tokens, by_flops) = plt.subplots(1, 2, figsize=(12, 4.5))
+    color = {mode: f"C{i}" for i, mode in enumerate(MODES)}
+    style = {None: "-", 2: "--", 1: ":"}
+    for run in chosen:
+        valid = [(f, r) for f, r in zip(_cumulative_at_evals(run), run.valid) if r["iteration"] > 0]
+        kw = dict(color=color[run.setting.mode], linestyle=style.get(run.setting.grad, "-."), marker="o",
+                  markersize=3, label=_grad_label(run.setting))
+        by_tokens.plot([r["iteration"] * 8 * SEQ_LENGTH / 1e6 for _, r in valid], [r["loss"] for _, r in valid], **kw)
+        by_flops.plot([f for f, _ in valid], [r["loss"] for _, r in valid], **kw)
+    for axes, title in ((by_tokens, "validation loss, equal tokens"), (by_flops, "validation loss vs training FLOPs")):
+        axes.set_ylabel("loss (nats / token)")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    by_tokens.set_xlabel("training tokens (millions)")
+    by_flops.set_xlabel("training FLOPs (passes without a graph: forward only)")
+    by_flops.set_xscale("log")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def write_grad_rounds(out: Path, doc: Path, iters: int, plot: bool = True) -> str:
+    """The grad-rounds section of ``doc``: replaced where it is, appended otherwise (the rest kept)."""
+    runs = load_runs(out)
+    plot_name = doc.stem + "_grad_rounds_{corpus}.png"
+    section = grad_rounds_markdown(out, runs, iters, plot_name)
+    if plot:
+        for corpus, corpus_runs in runs.items():
+            if _grad_runs(corpus_runs, iters):
+                plot_grad_rounds(corpus_runs, iters, doc.with_name(plot_name.format(corpus=corpus)))
+    text = doc.read_text() if doc.exists() else ""
+    start = text.find(GRAD_SECTION)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(GRAD_SECTION))
+        text = text[:start] + section + ("" if end < 0 else text[end:])
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    return section
+
+
 def write_report(out: Path, doc: Path, plot: bool = True) -> str:
     runs = load_runs(out)
     if not runs:
@@ -264,7 +468,13 @@ def main(argv=None):
     parser.add_argument("--out", default=str(REPO / "runs" / "training-dynamics"))
     parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks" / "training_dynamics.md"))
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--grad-rounds", action="store_true",
+                        help="only the grad-rounds stage's section (issue 24), replaced in --doc")
+    parser.add_argument("--long-iters", type=int, default=1200, help="with --grad-rounds: the runs' length")
     args = parser.parse_args(argv)
+    if args.grad_rounds:
+        print(write_grad_rounds(Path(args.out), Path(args.doc), args.long_iters, plot=not args.no_plot))
+        return
     print(write_report(Path(args.out), Path(args.doc), plot=not args.no_plot))
 
 

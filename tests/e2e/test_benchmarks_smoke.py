@@ -90,3 +90,32 @@ def test_training_dynamics_study_tiny(tmp_path):
         assert sweep[paper["lr"]] == min(sweep.values())  # the init stage starts from the best LR
     assert all(r["Jacobi residual (last round)"] != "-" for r in rows if r["method"] == "latent N=1")
     assert (tmp_path / "report_stdlib.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_training_dynamics_grad_rounds_tiny(tmp_path):
+    """The grad-rounds stage (issue 24) at 8 steps: latent K=1 and K=all and vanilla; the report's
+    section counts a pass without a graph as its forward only and keeps the rest of the doc."""
+    env = child_env()
+    out, doc = tmp_path / "dyn", tmp_path / "report.md"
+    study = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "training_dynamics.py"), "--corpora", "stdlib", "--stages",
+         "grad-rounds", "--grad-counts", "1", "all", "--modes", "none", "latent", "--jobs", "1", "--train-iters", "4",
+         "--long-iters", "8", "--eval-interval", "2", "--eval-iters", "1", "--out", str(out)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert study.returncode == 0, study.stdout[-2000:] + study.stderr[-2000:]
+    assert "--jacobi-grad-rounds 1" in (out / "stdlib/latent-lr0.003-ponderlm-wu20-scaledefault-8-grad1/run.json").read_text()
+    doc.write_text("# kept\n\n## Another section\n\nkept too\n")
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "training_dynamics_report.py"), "--grad-rounds",
+                    "--long-iters", "8", "--out", str(out), "--doc", str(doc)],
+                   env=env, cwd=REPO, check=True, capture_output=True, text=True)
+    text = doc.read_text()
+    assert text.startswith("# kept\n\n## Another section\n\nkept too\n")
+    rows = {r["run"]: r for r in table(text, "| run | FLOPs / token")}
+    assert sorted(rows) == ["latent N=1, K=1", "latent N=1, K=all", "vanilla"]
+    assert rows["latent N=1, K=all"]["vs K=all"] == "1.000x" and rows["vanilla"]["vs vanilla"] == "1.00x"
+    # J=2: 15 slot-blocks forward-only-or-3x (1 + 2 x 2 no graph, 2 x 2 x 3 with) against 3 x 7.
+    assert 0.6 < float(rows["latent N=1, K=1"]["vs K=all"].rstrip("x")) < 0.8
+    assert all(float(r["peak RSS MiB"].split()[0]) > 100 for r in rows.values())
+    assert (tmp_path / "report_grad_rounds_stdlib.png").stat().st_size > 10_000
