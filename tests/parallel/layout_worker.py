@@ -29,6 +29,10 @@ from support.worker import run_worker, save_initial_checkpoint, train_from_check
 MODES = {name: variant(name, rounds=(1, 3)) for name in METHOD_MODES}
 # Top-K mixing (8 of the 64 tokens); only where the test asks for it (--modes).
 MODES["ponder_topk"] = variant("ponder", ponder_topk=8)
+# Truncated backprop (issue 24): ponder S=2 with a gradient through the last step only; latent
+# N=2 with J drawn from {2, 3} and a gradient through the last round only (J=1 would keep all).
+MODES["ponder_k1"] = variant("ponder", ponder_grad_steps=1)
+MODES["latent2_k1"] = variant("latent2", rounds=(2, 3), jacobi_grad_rounds=1)
 DEFAULT_MODES = tuple(METHOD_MODES)
 SEQ_LENGTH = 8
 GLOBAL_BATCH = 8
@@ -74,6 +78,7 @@ def build(args, mode_fields):
         context_parallel_size=args.cp,
         sequence_parallel=args.sp,
         calculate_per_token_loss=True,
+        **({} if args.layers is None else dict(num_layers=args.layers)),
         **RECOMPUTE[args.recompute],
         **mode_fields,
     )
@@ -104,6 +109,7 @@ def parse_args():
     parser.add_argument("--pp", type=int, default=1)
     parser.add_argument("--recompute", choices=list(RECOMPUTE), default="none")
     parser.add_argument("--untied", action="store_true", help="GPT-2 style with untied embeddings")
+    parser.add_argument("--layers", type=int, help="transformer layers (default: the style's tiny size)")
     parser.add_argument("--sp", action="store_true")
     parser.add_argument("--distributed-optimizer", action="store_true")
     parser.add_argument("--overlap", action="store_true", help="overlap grad reduce (and param gather)")

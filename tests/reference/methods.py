@@ -2,7 +2,9 @@
 
 All functions take a :class:`reference.model.ReferenceModel`, batch-first tensors
 ``tokens, labels, position_ids: [b, L]`` and return the per-token cross-entropy ``[b, L]`` in
-fp32 with no reduction. Nothing is detached: gradients flow through every pass.
+fp32 with no reduction. Nothing is detached: gradients flow through every pass, unless a
+``grad_steps`` / ``grad_rounds`` K asks for truncated backprop (docs/methods.md): the state after
+ponder step S-K / Jacobi round J-K is detached before the next pass reads it.
 
 Latent-thought slot layout (N thoughts per token), 0-based token index i:
     interleaved sequence [x_1, z_1^1..z_1^N, x_2, z_2^1..z_2^N, ...] of length (N+1)L,
@@ -42,17 +44,22 @@ def ponder_loss(
     accumulate: bool,
     scale: float,
     topk: Optional[int] = None,
+    grad_steps: Optional[int] = None,
 ) -> torch.Tensor:
     """Pondering with `steps` ponder steps (steps + 1 full passes) -> [b, L].
 
     e0 = scale * embed; per step: p = softmax(logits(body(cur))) over the vocab,
     cur = cur + scale * p @ E (accumulate) or e0 + scale * p @ E; loss on the final pass only.
     With `topk` = K: p = softmax over the K largest logits only, mixture = sum_j p_j E[id_j].
+    With `grad_steps` = K < steps: the fed-back state (cur - e0: the running sum, or the last
+    mixture) after step steps-K is detached, e0 is not.
     """
     e0 = scale * model.embed(tokens, position_ids)  # [b, L, h]
     cur = e0
     weight = model.word_embedding_weight
-    for _ in range(steps):
+    for step in range(steps):
+        if grad_steps is not None and step == steps - grad_steps:
+            cur = e0 + (cur - e0).detach()
         logits = model.logits(model.body(cur, position_ids)).float()  # [b, L, V]
         if topk is None:
             p = torch.softmax(logits, dim=-1)  # [b, L, V]
@@ -95,6 +102,7 @@ def latent_loss(
     num_thoughts: int,
     jacobi_rounds: int,
     scale: float,
+    grad_rounds: Optional[int] = None,
 ) -> Tuple[torch.Tensor, List[float]]:
     """Latent thoughts with Jacobi iterations -> (loss [b, L], residual per round).
 
@@ -104,6 +112,8 @@ def latent_loss(
     in a Jacobi round, the new z^k from the group's last slot).
     Jacobi round: body over the (N+1)L sequence, then simultaneously
     z_i^k <- H[:, i(N+1) + k - 1]. Residual = mean((z_new - z_old)^2) over all thoughts.
+    With `grad_rounds` = K < jacobi_rounds: the thoughts after round jacobi_rounds-K are detached
+    (nothing before them gets a gradient through the thoughts; the token slots still do).
     """
     N = num_thoughts
     if N < 1:
@@ -119,7 +129,9 @@ def latent_loss(
 
     residuals: List[float] = []
     full_positions = interleaved_positions(position_ids, N + 1)
-    for _ in range(jacobi_rounds):
+    for round_index in range(jacobi_rounds):
+        if grad_rounds is not None and round_index == jacobi_rounds - grad_rounds:
+            thoughts = [z.detach() for z in thoughts]
         H = model.body(interleave(token_slots, thoughts), full_positions)
         new = [H[:, token_index * (N + 1) + (k - 1)] for k in range(1, N + 1)]
         residuals.append(
