@@ -28,11 +28,6 @@ Truncated backprop (``Pass.builds_graph`` False for the leading passes): such a 
 (:class:`_NoGraphOutput`); the schedule still runs and communicates it (docs/methods.md,
 "Truncated backpropagation").
 
-Truncated backprop (``Pass.builds_graph`` False for the leading passes): such a chunk runs under
-``torch.no_grad`` and its backward is one node that hands the schedule zeros
-(:class:`_NoGraphOutput`); the schedule still runs and communicates it (docs/methods.md,
-"Truncated backpropagation").
-
 The first stage recomputes the token embeddings in every pass (the same E(x), so gradients add
 up exactly as with one shared tensor); the stage holding the output layer does the ponder
 feedback (its word-embedding rows: see ``PonderGPTModel.mixing_embedding_weight``) and, in latent
@@ -45,7 +40,6 @@ L_local = L / cp / (tp under sequence parallelism).
 from __future__ import annotations
 
 import copy
-import functools
 import functools
 from typing import Dict, List, Optional
 
@@ -166,48 +160,6 @@ def _graph_only_where_planned(forward):
     return run
 
 
-class _NoGraphOutput(torch.autograd.Function):
-    """The output of a chunk whose pass runs without autograd, as Megatron's schedule needs it.
-
-    Megatron's ``backward_step`` runs ``torch.autograd.backward`` on the chunk's output when it
-    requires grad and sends ``input_tensor.grad`` to the previous stage, which waits for it. A pass
-    without a graph (``Pass.builds_graph`` False: truncated backprop) computes its message under
-    ``torch.no_grad``; this node makes that message the output of a one-node graph whose backward
-    hands zeros [input's shape] to the received tensor: no activations kept, no backward compute,
-    only the zero gradient the schedule sends (every chunk before it is gradient-free too).
-    The message is handed over through a list, not as an argument, so the output is that tensor
-    itself and not a view of it (Megatron's ``deallocate_output_tensor`` frees outputs only).
-    """
-
-    @staticmethod
-    def forward(ctx, received: Tensor, holder: List[Tensor]) -> Tensor:
-        ctx.received = (received.shape, received.dtype, received.device)
-        return holder.pop()
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        shape, dtype, device = ctx.received
-        return torch.zeros(shape, dtype=dtype, device=device), None
-
-
-def _graph_only_where_planned(forward):
-    """A chunk's forward under ``torch.no_grad`` when its pass builds no graph in a training step
-    (the leading passes of ``--jacobi-grad-rounds`` / ``--ponder-grad-steps``), as
-    ``PonderGPTModel.run_plan`` runs them on one stage."""
-
-    @functools.wraps(forward)
-    def run(self, *args, **kwargs):
-        if self.spec.builds_graph or not torch.is_grad_enabled():
-            return forward(self, *args, **kwargs)
-        with torch.no_grad():
-            message = forward(self, *args, **kwargs)
-        if self.input_tensor is None:  # pass 0 on the first stage: the schedule sends no gradient
-            return message
-        return _NoGraphOutput.apply(self.input_tensor, [message])
-
-    return run
-
-
 class PassChunk(torch.nn.Module):
     """Virtual pipeline stage = one pass of the shared model on this pipeline stage.
 
@@ -245,7 +197,6 @@ class PassChunk(torch.nn.Module):
         self.input_tensor = input_tensor[0] if isinstance(input_tensor, (list, tuple)) else input_tensor
 
     @_in_pass_range
-    @_graph_only_where_planned
     @_graph_only_where_planned
     def forward(
         self,
