@@ -32,9 +32,9 @@ def main() -> None:
     timings = {}
     original_save = checkpointing._save_or_explain
 
-    def timed_save(state, folder):
+    def timed_save(state, folder, *strategy):
         started = time.perf_counter()
-        original_save(state, folder)
+        original_save(state, folder, *strategy)
         timings["save"] = time.perf_counter() - started
 
     checkpointing._save_or_explain = timed_save

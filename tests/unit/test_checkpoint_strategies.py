@@ -3,6 +3,8 @@
 and for loads; neither flag is part of a run's identity. World of one (the wrappers then write and
 read as the plain strategy does; tests/parallel/test_fully_parallel_checkpoints.py runs DP=2)."""
 
+import functools
+
 import pytest
 import torch
 from megatron.core import dist_checkpointing, parallel_state
@@ -62,6 +64,7 @@ def _spy(monkeypatch, name):
     seen = []
     real = getattr(dist_checkpointing, name)
 
+    @functools.wraps(real)  # the same signature (megatron_compat inspects save's parameters)
     def recording(*args, **kwargs):
         seen.append(kwargs.get("sharded_strategy"))
         return real(*args, **kwargs)
