@@ -5,9 +5,16 @@ Forward flops of one transformer pass over s slots, batch b, per layer:
     2*b*s*(h*(h + 2*kv) + h*h + m*h*f) + 4*b*s^2*h
 with kv = query groups x head dim and m = 3 for gated MLPs (SwiGLU), 2 otherwise. Backward costs
 twice the forward; full activation recompute adds one more forward of the layers.
+
+The passes are the step's plan (:func:`megatron_ponder.model.passes.plan_passes`, the one the
+model runs). A pass that builds no graph (the leading passes of ``--jacobi-grad-rounds`` /
+``--ponder-grad-steps``: truncated backprop) runs its forward only: 1x its forward FLOPs instead
+of 3x (4x for the layers under full recompute), and nothing of it is recomputed.
 """
 
 from __future__ import annotations
+
+from megatron_ponder.model.passes import PassKind, plan_passes
 
 
 def _layers_forward(config, slots: int, batch: int) -> float:
@@ -23,25 +30,37 @@ def _output_forward(config, tokens: int, batch: int, vocab: int) -> float:
 
 
 def step_flops(config, seq_length: int, batch: int, vocab: int, jacobi_rounds: int) -> float:
-    """Training FLOPs for ``batch`` samples of ``seq_length`` tokens in ``config.ponder_mode``."""
+    """Training FLOPs for ``batch`` samples of ``seq_length`` tokens in ``config.ponder_mode``.
+
+    ``config``: a ``PonderConfig`` (or anything with its fields); ``ponder_grad_steps`` and
+    ``jacobi_grad_rounds`` (absent: all) decide which passes run forward only.
+    """
     L = seq_length
+    mode = config.ponder_mode
+    plan = plan_passes(
+        mode,
+        getattr(config, "ponder_steps", 0),
+        getattr(config, "ponder_accumulate", True),
+        getattr(config, "num_latent_thoughts", 0),
+        jacobi_rounds if mode == "latent" else 0,
+        getattr(config, "ponder_grad_steps", None),
+        getattr(config, "jacobi_grad_rounds", None),
+    )
     recompute_layers = 1.0 if config.recompute_granularity == "full" else 0.0
-    layers = 0.0
-    other = 0.0
-    if config.ponder_mode == "ponder":
-        passes = config.ponder_steps + 1
-        layers = passes * _layers_forward(config, L, batch)
-        # logits of every pass, plus the mixture p @ E of every feedback pass (over K rows with
-        # top-K mixing, a weighted sum of K embedding rows per position)
-        other = passes * _output_forward(config, L, batch, vocab)
-        mixed_rows = vocab if config.ponder_topk is None else min(config.ponder_topk, vocab)
-        other += config.ponder_steps * _output_forward(config, L, batch, mixed_rows)
-    elif config.ponder_mode == "latent":
-        n = config.num_latent_thoughts
-        layers = sum(_layers_forward(config, k * L, batch) for k in range(1, n + 1))
-        layers += (jacobi_rounds + 1) * _layers_forward(config, (n + 1) * L, batch)
-        other = _output_forward(config, L, batch, vocab)  # logits at the last thought slots only
-    else:
-        layers = _layers_forward(config, L, batch)
-        other = _output_forward(config, L, batch, vocab)
-    return (3.0 + recompute_layers) * layers + 3.0 * other
+    topk = getattr(config, "ponder_topk", None)
+    mixed_rows = vocab if topk is None else min(topk, vocab)
+    total = 0.0
+    for p in plan:
+        layers = _layers_forward(config, p.slots_per_token * L, batch)
+        other = 0.0
+        if mode != "latent" or p.kind is PassKind.FINAL:
+            # logits of every ponder pass (latent: at the last thought slots of the final pass only)
+            other = _output_forward(config, L, batch, vocab)
+        if p.kind is PassKind.PONDER_FEEDBACK:
+            # the mixture p @ E (over K rows with top-K mixing: a weighted sum of K embedding rows)
+            other += _output_forward(config, L, batch, mixed_rows)
+        if p.builds_graph:
+            total += (3.0 + recompute_layers) * layers + 3.0 * other
+        else:
+            total += layers + other
+    return total

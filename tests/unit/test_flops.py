@@ -34,3 +34,29 @@ def test_topk_mixing_counts_k_rows_per_position():
     dense = step_flops(PonderConfig(**SIZE, ponder_mode="ponder", ponder_steps=3), 8, 2, 100, 0)
     topk = step_flops(PonderConfig(**SIZE, ponder_mode="ponder", ponder_steps=3, ponder_topk=10), 8, 2, 100, 0)
     assert dense - topk == pytest.approx(3 * 3 * 2 * 2 * 8 * 64 * (100 - 10))
+
+
+def test_passes_without_graph_count_their_forward_once():
+    """Truncated backprop: a leading pass without a graph costs 1x its forward, not 3x."""
+    vanilla = step_flops(PonderConfig(**SIZE), 8, 2, 100, 0)  # 3x one pass
+    mixing = 2 * 2 * 8 * 64 * 100  # forward of one p @ E
+    # ponder S=3, K=1: passes 0 and 1 forward only (pass + mixing), pass 2 and the final pass 3x.
+    truncated = step_flops(PonderConfig(**SIZE, ponder_mode="ponder", ponder_steps=3, ponder_grad_steps=1), 8, 2, 100, 0)
+    assert truncated == pytest.approx(2 * (vanilla / 3 + mixing) + 2 * vanilla + 3 * mixing)
+    # latent N=1, J=3, K=1: the initial pass (L) and rounds 1-2 (2L) forward only.
+    single, double = (step_flops(PonderConfig(**SIZE), length, 2, 0, 0) / 3 for length in (8, 16))
+    config = PonderConfig(**SIZE, ponder_mode="latent", num_latent_thoughts=1, jacobi_grad_rounds=1)
+    assert step_flops(config, 8, 2, 0, 3) == pytest.approx(single + 2 * double + 3 * 2 * double)
+    # full recompute repeats only the forwards that have a backward
+    recomputed = PonderConfig(**SIZE, ponder_mode="latent", num_latent_thoughts=1, jacobi_grad_rounds=1,
+                              recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    assert step_flops(recomputed, 8, 2, 0, 3) == pytest.approx(single + 2 * double + 4 * 2 * double)
+
+
+@pytest.mark.parametrize("fields, rounds", [(dict(ponder_mode="ponder", ponder_steps=3), 0),
+                                            (dict(ponder_mode="latent", num_latent_thoughts=1), 3)])
+def test_k_at_least_the_passes_counts_like_all(fields, rounds):
+    everything = step_flops(PonderConfig(**SIZE, **fields), 8, 2, 100, rounds)
+    field = "ponder_grad_steps" if fields["ponder_mode"] == "ponder" else "jacobi_grad_rounds"
+    assert step_flops(PonderConfig(**SIZE, **fields, **{field: 3}), 8, 2, 100, rounds) == everything
+    assert step_flops(PonderConfig(**SIZE, **fields, **{field: 1}), 8, 2, 100, rounds) < everything
