@@ -112,3 +112,19 @@ def test_the_te_spec_gets_a_mask_type_that_applies_the_mask():
     check_attention_mask_supported(te_masked, mask)
     with pytest.raises(ValueError, match="needs attention_mask"):
         check_attention_mask_supported(te_masked, None)
+
+
+def test_rope_fusion_is_off_when_the_samples_of_a_microbatch_have_their_own_positions():
+    """TE's fused RoPE takes one table per microbatch: with --reset-position-ids and several
+    samples per microbatch the run asks for the unfused RoPE (and the log says why)."""
+    from megatron_ponder.training.arguments import parse_args
+    from megatron_ponder.training.model_config import _derived_fields
+
+    def rope_fusion(*flags):
+        args = parse_args(["--mock-data", "--transformer-impl", "transformer_engine", *flags])
+        args.tokenizer_vocab_size = 100
+        return _derived_fields(args)["apply_rope_fusion"]
+
+    assert rope_fusion("--micro-batch-size", "2")  # TE spec: the fused kernel where TE is
+    assert rope_fusion("--reset-position-ids", "--micro-batch-size", "1")  # one sample: one table
+    assert not rope_fusion("--reset-position-ids", "--micro-batch-size", "2")
