@@ -59,6 +59,8 @@ def pretrain_flags(run, layout, microbatches: int, architecture: str) -> List[st
         "--seq-length", run.seq_length, "--max-position-embeddings", model.max_position_embeddings,
         "--ponder-mode", method.mode, "--ponder-steps", method.ponder_steps,
         "--num-latent-thoughts", method.num_latent_thoughts,
+        "--ponder-grad-steps", method.ponder_grad_steps or "all",
+        "--jacobi-grad-rounds", method.jacobi_grad_rounds or "all",
         # Memory is planned for the largest J of the range: measure a step that draws it.
         "--jacobi-train-rounds", f"{hi},{hi}",
         "--bf16", "--transformer-impl", "local", "--local-attention", run.precision.local_attention,

@@ -22,6 +22,13 @@ import warnings
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 
+def _grad_count(text: str):
+    """The training flags' K|all (megatron_ponder.training.arguments), parsed the same way."""
+    from megatron_ponder.training.arguments import _grad_count as training_grad_count
+
+    return training_grad_count(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     model = parser.add_argument_group("model (a preset, or the shape flags)")
@@ -35,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     method.add_argument("--ponder-steps", type=int, default=3)
     method.add_argument("--num-latent-thoughts", type=int, default=1)
     method.add_argument("--jacobi-rounds", type=int, nargs=2, default=[2, 3], metavar=("LO", "HI"))
+    method.add_argument("--ponder-grad-steps", type=_grad_count, default=None, metavar="K|all",
+                        help="ponder: backpropagate through the last K steps only (as in training; default all)")
+    method.add_argument("--jacobi-grad-rounds", type=_grad_count, default=None, metavar="K|all",
+                        help="latent: backpropagate through the last K Jacobi rounds only (as in training; default all)")
     run = parser.add_argument_group("run")
     run.add_argument("--seq-length", type=int, default=2048)
     run.add_argument("--global-batch-size", type=int, default=1024)
@@ -124,7 +135,8 @@ def main(argv=None) -> int:
         run = RunSpec(
             _model(args),
             Method(args.mode, ponder_steps=args.ponder_steps, num_latent_thoughts=args.num_latent_thoughts,
-                   jacobi_rounds=tuple(args.jacobi_rounds)),
+                   jacobi_rounds=tuple(args.jacobi_rounds), ponder_grad_steps=args.ponder_grad_steps,
+                   jacobi_grad_rounds=args.jacobi_grad_rounds),
             args.seq_length, args.global_batch_size, Precision(args.precision, args.kernels, args.local_attention),
         )
         cluster = Cluster(

@@ -11,7 +11,10 @@ What is counted (Megatron-Core 0.16, this project's model and step):
   SP: forward all-gather before qkv and fc1, reduce-scatter after proj and fc2; backward
   all-gathers the inputs of qkv and fc1 again (weight gradients) and the output gradients of
   proj and fc2, and reduce-scatters the input gradients of qkv and fc1: 6 AG + 4 RS of x.
-  Without SP: 2 all-reduces forward, 2 backward. Full recompute repeats the forward's.
+  Without SP: 2 all-reduces forward, 2 backward. Full recompute repeats the forward's. A pass
+  without a graph (truncated backprop) has the forward's only (layers and CP; the output layer's
+  few [L, b, h] collectives are counted as with a backward, an upper bound). PP: its chunks still
+  send the (zero) gradient Megatron's schedule expects.
   Embedding (every pass on the first stage under PP), output layer and vocab-parallel
   cross-entropy (3 fp32 all-reduces of [s, b]), ponder's vocab-parallel softmax (max, and the
   sum forward and backward) and the p @ E reduction; SP's norm/bias gradient all-reduce.
@@ -80,7 +83,11 @@ def _tensor_parallel(traffic: Traffic, run: RunSpec, layout: Layout, stage: int,
         x = spec.slots_per_token * tokens * b * h * e
         x_tok = tokens * b * h * e
         recomputed = 1 if layout.recompute == "full" else 0
-        if layout.sp:
+        if not spec.builds_graph:  # truncated backprop: the layers' forward collectives only
+            traffic.add("tp", "all_gather" if layout.sp else "all_reduce", x, m * layers * 2)
+            if layout.sp:
+                traffic.add("tp", "reduce_scatter", x, m * layers * 2)
+        elif layout.sp:
             traffic.add("tp", "all_gather", x, m * layers * (6 + 2 * recomputed))
             traffic.add("tp", "reduce_scatter", x, m * layers * (4 + 2 * recomputed))
         else:
@@ -129,6 +136,12 @@ def _context_parallel(traffic: Traffic, run: RunSpec, layout: Layout, passes) ->
     forwards = 1 if layout.recompute == "none" else 2
     for spec in passes:
         slots_local = spec.slots_per_token * run.seq_length // cp
+        if not spec.builds_graph:  # truncated backprop: one forward, no backward exchange
+            if run.precision.kernels == "te":
+                traffic.add("cp", "send", slots_local * kv, m * layers * (cp - 1))
+            else:
+                traffic.add("cp", "all_gather", slots_local * cp * kv, m * layers)
+            continue
         if run.precision.kernels == "te":
             traffic.add("cp", "send", slots_local * kv, m * layers * (cp - 1) * (forwards + 2))
         else:

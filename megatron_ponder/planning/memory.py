@@ -11,7 +11,7 @@ Weights and gradients are counted per rank from the parameters Megatron builds o
 
 Activations: the peak over the step of the bytes saved for backward, replaying the pipeline
 schedule in use (:mod:`.schedule`) with each (microbatch, pass) chunk sized by
-:mod:`.activations`; on top of it the largest transient of a layer's backward
+:mod:`.activations` (a pass without a graph, truncated backprop, saves nothing); on top of it the largest transient of a layer's backward
 (:func:`.activations.backward_temporaries_bytes`); the worst pipeline rank is reported.
 """
 
@@ -91,10 +91,17 @@ def pass_bytes(run: RunSpec, layout: Layout, stage: int, passes, v: int) -> floa
     tokens = run.seq_length // layout.cp
     slots = spec.slots_per_token * tokens
     layers = model.num_layers // layout.pp
+    multi_pass = len(passes) > 1
+    if not spec.builds_graph:
+        # Truncated backprop: nothing saved; past the first stage the schedule still holds the
+        # received message (T*L slots) until the chunk's (empty) backward.
+        if stage == 0 or not multi_pass:
+            return 0.0
+        blocks = pipeline_message_blocks(passes)
+        return blocks * tokens * b * model.hidden_size / ctx.sp_div * run.precision.activation_bytes
     total = layers * act.layer_bytes(ctx, slots, b, layout.recompute)
     if layout.recompute == "full":
         total += act.rotary_table_bytes(ctx, slots)
-    multi_pass = len(passes) > 1
     if stage == 0 and (v == 0 or layout.pp > 1):  # PP stages re-embed every pass
         total += act.embedding_bytes(ctx, tokens, b)
     if stage > 0 and multi_pass and layers:
@@ -117,7 +124,7 @@ def _backward_extra(run: RunSpec, layout: Layout, stage: int, passes, v: int) ->
     tokens = run.seq_length // layout.cp
     slots = passes[v].slots_per_token * tokens
     working = act.recompute_working_bytes(ctx, slots, layout.micro_batch_size, layout.recompute)
-    if working == 0:
+    if working == 0 or not passes[v].builds_graph:  # a pass without a graph has no backward
         return 0.0
     head = _head(ctx, passes[v], slots, tokens, layout.micro_batch_size) if stage == layout.pp - 1 else 0.0
     return working - head
@@ -137,7 +144,7 @@ def backward_temporaries(run: RunSpec, layout: Layout, passes) -> float:
     ctx = act.ActivationContext(run.model, run.precision, layout)
     tokens = run.seq_length // layout.cp
     return max(act.backward_temporaries_bytes(ctx, spec.slots_per_token * tokens, layout.micro_batch_size)
-               for spec in passes)
+               for spec in passes if spec.builds_graph)
 
 
 @dataclass

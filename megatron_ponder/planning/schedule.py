@@ -16,9 +16,11 @@ from megatron_ponder.planning.shapes import Method
 
 
 def step_passes(method: Method, jacobi_rounds: int) -> PassPlan:
-    """The passes of one step: the model's own plan (mode none: one ``FINAL`` pass)."""
+    """The passes of one step: the model's own plan (mode none: one ``FINAL`` pass), the leading
+    passes without a graph marked as truncated backprop asks (``Pass.builds_graph``)."""
     return plan_passes(method.mode, method.ponder_steps, method.ponder_accumulate,
-                       method.num_latent_thoughts, jacobi_rounds if method.mode == "latent" else 0)
+                       method.num_latent_thoughts, jacobi_rounds if method.mode == "latent" else 0,
+                       method.ponder_grad_steps, method.jacobi_grad_rounds)
 
 
 def pipeline_message_blocks(passes: Sequence[Pass]) -> int:

@@ -90,7 +90,9 @@ class Method:
     """Mode and its pass structure: none, ponder (S steps) or latent (N thoughts, J rounds).
 
     ``jacobi_rounds`` is (lo, hi) as in ``PonderConfig.jacobi_train_rounds``: memory is planned
-    for hi (the worst step), FLOPs and time for the mean.
+    for hi (the worst step), FLOPs and time for the mean. ``ponder_grad_steps`` /
+    ``jacobi_grad_rounds``: truncated backprop as in ``PonderConfig`` (None: all); the leading
+    passes without a graph keep no activations and have no backward.
     """
 
     mode: str = "none"
@@ -98,6 +100,8 @@ class Method:
     ponder_accumulate: bool = True
     num_latent_thoughts: int = 1
     jacobi_rounds: tuple = (2, 3)
+    ponder_grad_steps: Optional[int] = None
+    jacobi_grad_rounds: Optional[int] = None
 
     def __post_init__(self):
         if self.mode not in ("none", "ponder", "latent"):
@@ -105,14 +109,20 @@ class Method:
         lo, hi = self.jacobi_rounds
         if not 0 <= lo <= hi:
             raise ValueError(f"jacobi rounds range must be 0 <= lo <= hi; got {self.jacobi_rounds}")
+        for name in ("ponder_grad_steps", "jacobi_grad_rounds"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None (all); got {value}")
 
     def describe(self) -> str:
         if self.mode == "ponder":
-            return f"ponder S={self.ponder_steps}"
+            truncated = "" if self.ponder_grad_steps is None else f" grad K={self.ponder_grad_steps}"
+            return f"ponder S={self.ponder_steps}{truncated}"
         if self.mode == "latent":
             lo, hi = self.jacobi_rounds
             rounds = f"{lo}" if lo == hi else f"{{{lo}..{hi}}}"
-            return f"latent N={self.num_latent_thoughts} J={rounds}"
+            truncated = "" if self.jacobi_grad_rounds is None else f" grad K={self.jacobi_grad_rounds}"
+            return f"latent N={self.num_latent_thoughts} J={rounds}{truncated}"
         return "none"
 
 

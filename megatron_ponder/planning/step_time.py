@@ -20,7 +20,9 @@ of the earliest pass on the last microbatch: that backward hides the reduction, 
 of the first pass of the next step hides the all-gather:
     t_DP[k] = max(0, t_reduce - t_bwd,0[k]) + max(0, t_gather - t_fwd,0[k]) + small collectives,
     t_bwd,0[k] = t_compute[k] / m * share_0 * (2/3, full recompute 3/4), t_fwd,0 likewise (1/3, 1/4),
-with share_0 = pass 0's slots / all passes' slots (FLOPs taken as linear in the slots). Link
+with share_0 = pass 0's slots / all passes' slots (FLOPs taken as linear in the slots). With
+truncated backprop the backward is the earliest pass with a graph's, and a pass without one
+counts 1 (its forward) against 3 (4) per slot. Link
 time = wire bytes per rank / :func:`link_bandwidth`. J varies per step: time and FLOPs are
 averaged over the J range.
 """
@@ -46,7 +48,8 @@ def _flops_config(run: RunSpec, recompute: str) -> SimpleNamespace:
         gated_linear_unit=m.gated_linear_unit, ffn_hidden_size=m.ffn_hidden_size, num_layers=m.num_layers,
         recompute_granularity=None if recompute == "none" else recompute,
         ponder_mode=run.method.mode, ponder_steps=run.method.ponder_steps,
-        num_latent_thoughts=run.method.num_latent_thoughts,
+        ponder_accumulate=run.method.ponder_accumulate, num_latent_thoughts=run.method.num_latent_thoughts,
+        ponder_grad_steps=run.method.ponder_grad_steps, jacobi_grad_rounds=run.method.jacobi_grad_rounds,
         ponder_topk=None,  # the planner models dense mixing (memory and FLOPs); top-K is cheaper
     )
 
@@ -55,12 +58,15 @@ def executed_flops(run: RunSpec, recompute: str, jacobi_rounds: int) -> float:
     """FLOPs of one global batch, all passes, including what recompute repeats.
 
     ``step_flops`` counts full recompute (one more forward of the layers); selective recompute
-    repeats the attention-score GEMMs (4*b*s^2*h per layer and pass).
+    repeats the attention-score GEMMs (4*b*s^2*h per layer and pass with a backward). A pass
+    without a graph (truncated backprop) runs its forward only.
     """
     flops = step_flops(_flops_config(run, recompute), run.seq_length, run.global_batch_size,
                        run.model.vocab_size, jacobi_rounds)
     if recompute == "selective":
         for spec in step_passes(run.method, jacobi_rounds):
+            if not spec.builds_graph:
+                continue
             slots = spec.slots_per_token * run.seq_length
             flops += run.model.num_layers * 4 * run.global_batch_size * slots * slots * run.model.hidden_size
     return flops
@@ -116,17 +122,23 @@ def exposed_dp_seconds(run: RunSpec, layout: Layout, stage: int, rounds: int, st
     seconds = {op: wire_bytes(op, payload, size) / bandwidth for op, payload in ops.items()}
     if not layout.overlap_dp:
         return sum(seconds.values())
+    # Compute of a pass ~ its slots x (forward, backward and recompute: 3 or 4; a pass without a
+    # graph 1). The reduction hides behind the backward of the earliest pass with a graph (the
+    # last gradient contribution), the all-gather behind the forward of pass 0.
     passes = step_passes(run.method, rounds)
-    first_pass = stage_compute / layout.num_microbatches * passes[0].slots_per_token
-    first_pass /= sum(spec.slots_per_token for spec in passes)
-    backward_share = 3 / 4 if layout.recompute == "full" else 2 / 3
+    per_forward = 4 if layout.recompute == "full" else 3
+    units = [spec.slots_per_token * (per_forward if spec.builds_graph else 1) for spec in passes]
+    unit = stage_compute / layout.num_microbatches / sum(units)
+    earliest = next(spec for spec in passes if spec.builds_graph)
+    hiding_reduce = unit * earliest.slots_per_token * (per_forward - 1)
+    hiding_gather = unit * passes[0].slots_per_token
     reduce_op = "reduce_scatter" if layout.distributed_optimizer else "all_reduce"
     # The big all_reduce (no distributed optimizer) is the gradients; the 4- and 16-byte
     # all-reduces of the token counts stay exposed (negligible).
     reduce = wire_bytes(reduce_op, ops.get(reduce_op, 0.0), size) / bandwidth
     small = sum(seconds.values()) - reduce - seconds.get("all_gather", 0.0)
-    exposed_reduce = max(0.0, reduce - first_pass * backward_share)
-    exposed_gather = max(0.0, seconds.get("all_gather", 0.0) - first_pass * (1 - backward_share))
+    exposed_reduce = max(0.0, reduce - hiding_reduce)
+    exposed_gather = max(0.0, seconds.get("all_gather", 0.0) - hiding_gather)
     return exposed_reduce + exposed_gather + small
 
 
