@@ -7,7 +7,8 @@
   test_methods_match_reference.py (whose tolerance this file shares);
 * K does not change the per-step J draw (so resume, which redraws J from the iteration, stays
   exact);
-* a pass without a graph saves no tensor for backward, and K = 1 saves fewer bytes than K = all.
+* a pass without a graph saves no tensor for backward, and K = 1 saves fewer bytes than K = all;
+* the flags take K or ``all`` and refuse anything else in one line.
 """
 
 import pytest
@@ -148,3 +149,19 @@ def test_passes_without_graph_save_nothing(megatron_world_of_one, mode, field):
     assert all(saved > 0 for saved in truncated[without_graph:])
     assert all(saved > 0 for saved in everything)
     assert sum(truncated) < sum(everything) - sum(everything[: without_graph - 1])
+
+
+@pytest.mark.parametrize("flag, field", [("--jacobi-grad-rounds", "jacobi_grad_rounds"),
+                                         ("--ponder-grad-steps", "ponder_grad_steps")])
+def test_flags_take_a_count_or_all_and_refuse_anything_else_in_one_line(capsys, flag, field):
+    from megatron_ponder.training.arguments import parse_args
+
+    assert getattr(parse_args(["--mock-data"]), field) is None  # default: all (the papers)
+    assert getattr(parse_args(["--mock-data", flag, "all"]), field) is None
+    args = parse_args(["--mock-data", flag, "2"])
+    assert getattr(args, field) == 2
+    for bad in ("0", "-1", "1.5", "last"):
+        with pytest.raises(SystemExit):
+            parse_args(["--mock-data", flag, bad])
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"{flag}: {bad!r} is not a count: give an integer >= 1 or all" in error
