@@ -13,7 +13,10 @@ controls this needs; we only set them:
   records on its first step (``_ParamAndGradBucketGroup.golden_per_param_grad_ready_counts``).
   With several passes a parameter's hook fires once per pass-backward (ring), or once per
   recomputed checkpoint (activation recompute), so its golden count is the number of
-  contributions of a step, and the launch comes with the last one, never earlier.
+  contributions of a step, and the launch comes with the last one, never earlier. With
+  truncated backprop (``--jacobi-grad-rounds`` / ``--ponder-grad-steps``) the leading passes have
+  no backward and fire no hook: the recorded count is that of the passes with a graph, and the
+  last contribution is the earliest of them (``tests/parallel/test_overlap_grad_reduce.py``).
 * That count depends on the number of passes, which latent mode draws per step (J). DDP records
   one golden table; :func:`overlapped_grad_reduce` keeps one per pass count and, for a pass
   count not seen yet, lets DDP record it again (a "first batch": the reduction then starts after
