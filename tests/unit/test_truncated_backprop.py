@@ -8,7 +8,8 @@
 * K does not change the per-step J draw (so resume, which redraws J from the iteration, stays
   exact);
 * a pass without a graph saves no tensor for backward, and K = 1 saves fewer bytes than K = all;
-* the flags take K or ``all`` and refuse anything else in one line.
+* the flags take K or ``all`` and refuse anything else in one line;
+* K = 1 under selective and full recompute is bit-identical to K = 1 without.
 """
 
 import pytest
@@ -165,3 +166,12 @@ def test_flags_take_a_count_or_all_and_refuse_anything_else_in_one_line(capsys, 
             parse_args(["--mock-data", flag, bad])
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert f"{flag}: {bad!r} is not a count: give an integer >= 1 or all" in error
+
+
+@pytest.mark.parametrize("recompute", ["selective", "full", "full-block"])
+@pytest.mark.parametrize("mode, field", [("ponder", "ponder_grad_steps"), ("latent", "jacobi_grad_rounds")])
+def test_recompute_with_truncation_is_bit_identical(megatron_world_of_one, mode, field, recompute):
+    """Passes without a graph under Megatron's checkpointing (which then neither saves nor
+    recomputes them): the same loss and gradients as without recompute."""
+    base = {**(PONDER if mode == "ponder" else LATENT), field: 1}
+    _assert_identical(_loss_and_grads({**base, **RECOMPUTE[recompute]}), _loss_and_grads(base))
