@@ -26,8 +26,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from megatron_ponder.pretrain import main as pretrain
-    from megatron_ponder.training import checkpointing
-    from megatron_ponder.training.checkpoint_checksums import compute_checksums, damaged_by_checksum
+    from megatron_ponder.training.checkpointing import save_load
+    from megatron_ponder.training.checkpointing.checksums import compute_checksums, damaged_by_checksum
 
     timings = {}
     original_save = checkpointing._save_or_explain

@@ -61,7 +61,7 @@ def _worker(options) -> None:
     from megatron_ponder.runtime.parallel_init import initialize_parallel, shutdown_parallel
     from megatron_ponder.training.arguments import finalize_args, parse_args
     from megatron_ponder.training.build import build_training_state, prepare_data
-    from megatron_ponder.training.checkpointing import checkpoint_dir, save_checkpoint
+    from megatron_ponder.training.checkpointing.save_load import checkpoint_dir, save_checkpoint
     from megatron_ponder.training.model_config import model_config
 
     flags = ["--mock-data", "--seq-length", "32", "--micro-batch-size", "1", "--global-batch-size", "2",

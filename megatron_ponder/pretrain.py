@@ -50,15 +50,15 @@ def train(args) -> dict:
     from megatron.core import parallel_state
 
     from megatron_ponder.training.build import build_training_state, microbatch_stream, prepare_data
-    from megatron_ponder.training.checkpointing import AsyncSaves, load_checkpoint, save_checkpoint
-    from megatron_ponder.training.exit_signals import ExitConditions
+    from megatron_ponder.training.checkpointing.save_load import AsyncSaves, load_checkpoint, save_checkpoint
+    from megatron_ponder.training.checkpointing.exit_signals import ExitConditions
     from megatron_ponder.training.flops import step_flops
     from megatron_ponder.training.grad_overlap import gather_parameters_now
     from megatron_ponder.training.model_config import model_config
     from megatron_ponder.training.nan_guard import SkipLimit, check_parameters_finite
     from megatron_ponder.training.profiling import StepProfiler
-    from megatron_ponder.training.run_identity import prepare_resume, verify_resume
-    from megatron_ponder.training.run_lock import acquire_run_lock
+    from megatron_ponder.training.checkpointing.run_identity import prepare_resume, verify_resume
+    from megatron_ponder.training.checkpointing.run_lock import acquire_run_lock
     from megatron_ponder.training.run_logger import RunLogger
     from megatron_ponder.training.nan_guard import NonFiniteLossError
     from megatron_ponder.training.step import train_step
@@ -68,13 +68,14 @@ def train(args) -> dict:
     train_set, valid_set = prepare_data(args)
     verify_resume(args)  # the checkpoint's shape/method flags = these
     config = model_config(args)
-    from megatron_ponder.training.fusions import FUSION_FLAGS, rope_fusion_blocked_reason
+    from megatron_ponder.training.fusions import FUSION_FLAGS, blocked_fusions
 
     # The flags above say what was asked for; these are what this machine's kernels allow.
     print_rank0("kernel fusions: " + ", ".join(f"{field} {'on' if getattr(config, field) else 'off'}"
                                               for field in FUSION_FLAGS))
-    if rope_fusion_blocked_reason(args) and config.transformer_impl == "transformer_engine":
-        print_rank0(f"apply_rope_fusion off: {rope_fusion_blocked_reason(args)}")
+    if config.transformer_impl == "transformer_engine":  # only TE's kernels are ruled out by a run
+        for field, reason in blocked_fusions(args, config.transformer_impl).items():
+            print_rank0(f"{field} off: {reason}")
     # Before the build: --record-memory-history sees the model's allocations.
     profiler = StepProfiler(args, torch.distributed.get_rank(), torch.distributed.get_world_size())
     model, chunks, optimizer, scheduler = build_training_state(args, config)
@@ -207,8 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from megatron_ponder.sequence_layout import ContextParallelLayoutError
     from megatron_ponder.runtime.parallel_init import initialize_parallel, leave_together, shutdown_parallel
     from megatron_ponder.training.arguments import ArgumentError, describe, finalize_args, parse_args
-    from megatron_ponder.training.checkpointing import CheckpointError
-    from megatron_ponder.training.run_lock import release_run_locks
+    from megatron_ponder.training.checkpointing.save_load import CheckpointError
+    from megatron_ponder.training.checkpointing.run_lock import release_run_locks
     from megatron_ponder.training.nan_guard import NonFiniteLossError
 
     user_errors = (ArgumentError, DataError, PonderConfigError, ContextParallelLayoutError, CheckpointError,

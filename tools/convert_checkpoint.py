@@ -62,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         shutdown_parallel,
     )
     from megatron_ponder.training.arguments import ArgumentError
-    from megatron_ponder.training.checkpointing import CheckpointError
+    from megatron_ponder.training.checkpointing.save_load import CheckpointError
 
     user_errors = (ConversionError, ExportError, WeightMappingError, ArgumentError, CheckpointError, ImportError)
     initialize_parallel()

@@ -37,7 +37,7 @@ def checkpoint_args(folder: str) -> argparse.Namespace:
     """The entry point's arguments saved in ``folder`` (an ``iter_*`` directory), on top of the
     current defaults (so checkpoints from before a flag existed still describe their model)."""
     from megatron_ponder.training.arguments import parse_args, upgrade_saved_args
-    from megatron_ponder.training.checkpointing import CheckpointError, read_common_state
+    from megatron_ponder.training.checkpointing.save_load import CheckpointError, read_common_state
 
     try:
         common = read_common_state(folder)
@@ -55,7 +55,7 @@ def resolve_checkpoint(load_dir: str, iteration: Optional[int] = None) -> str:
     """``load_dir`` (a ``--save`` folder, or one ``iter_*`` folder) -> the ``iter_*`` folder to read."""
     from megatron.core import dist_checkpointing
 
-    from megatron_ponder.training.checkpointing import checkpoint_dir, latest_iteration
+    from megatron_ponder.training.checkpointing.save_load import checkpoint_dir, latest_iteration
 
     if dist_checkpointing.check_is_distributed_checkpoint(load_dir):
         return load_dir
@@ -77,7 +77,7 @@ def load_single_process_model(load_dir: str, iteration: Optional[int] = None) ->
     """
     from megatron.core import dist_checkpointing
 
-    from megatron_ponder.training.checkpointing import CheckpointError, verify_checkpoint_files
+    from megatron_ponder.training.checkpointing.save_load import CheckpointError, verify_checkpoint_files
 
     folder = resolve_checkpoint(load_dir, iteration)
     try:
@@ -90,7 +90,7 @@ def load_single_process_model(load_dir: str, iteration: Optional[int] = None) ->
     args.sequence_parallel = False
     args.bf16 = False
     args.recompute_granularity = None
-    from megatron_ponder.training.checkpoint_errors import CHECKPOINT_FAILURES, read_failure
+    from megatron_ponder.training.checkpointing.errors import CHECKPOINT_FAILURES, read_failure
 
     model = build_conversion_model(args)
     try:

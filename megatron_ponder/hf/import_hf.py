@@ -96,8 +96,8 @@ def import_hf_model(
 
     from megatron_ponder.runtime.parallel_init import initialize_parallel
     from megatron_ponder.training.arguments import parse_args, validate_args
-    from megatron_ponder.training.checkpointing import save_weights_checkpoint
-    from megatron_ponder.training.run_identity import check_import_target
+    from megatron_ponder.training.checkpointing.save_load import save_weights_checkpoint
+    from megatron_ponder.training.checkpointing.run_identity import check_import_target
 
     check_import_target(save_dir)
     if not dist.is_initialized():
@@ -150,7 +150,7 @@ def import_checkpoint(
 ) -> List[str]:
     """HF folder (or ``source/gguf_file``) -> Megatron checkpoint in ``save_dir``, tokenizer in
     ``save_dir/tokenizer`` when the source has one. Returns the model flags (see above)."""
-    from megatron_ponder.training.run_identity import check_import_target
+    from megatron_ponder.training.checkpointing.run_identity import check_import_target
 
     transformers = require("transformers")
     if not os.path.isdir(source):

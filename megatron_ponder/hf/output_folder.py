@@ -20,8 +20,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from megatron_ponder.training.checkpointing import LATEST_FILE, is_checkpoint_folder_name
-from megatron_ponder.training.run_lock import LOCK_NAME
+from megatron_ponder.training.checkpointing.save_load import LATEST_FILE, is_checkpoint_folder_name
+from megatron_ponder.training.checkpointing.run_lock import LOCK_NAME
 
 CHECKPOINT_FILES = (LATEST_FILE, LOCK_NAME, "metadata.json", ".metadata")
 

@@ -115,7 +115,7 @@ def async_checkpoint_request(sharded_state_dict: Dict[str, Any], checkpoint_dir:
     Everything but the shard write (planning, and up to 0.18 ``common.pt``) runs now, on all ranks;
     the caller schedules the request on Megatron-Core's own
     ``strategies.async_utils.AsyncCallsQueue``, which is in every supported release.
-    ``sharded_strategy``: None for Megatron-Core's default (training/checkpoint_strategies.py).
+    ``sharded_strategy``: None for Megatron-Core's default (training/checkpointing/strategies.py).
     """
     from megatron.core import dist_checkpointing
 

@@ -19,7 +19,7 @@ def prepare_data(args):
     from megatron_ponder.data.checks import check_validation_set
     from megatron_ponder.data.datasets import build_gpt_datasets, check_data_fits_run, check_vocab_fits
     from megatron_ponder.data.tokenizer import build_tokenizer
-    from megatron_ponder.training.run_identity import tokenizer_identity
+    from megatron_ponder.training.checkpointing.run_identity import tokenizer_identity
 
     data_path, valid_path = args.data_path, args.valid_data_path
     if args.default_corpus:

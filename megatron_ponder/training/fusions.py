@@ -12,7 +12,9 @@ first forward or changes nothing:
 | ``apply_rope_fusion`` | ``--no-rope-fusion`` | Transformer Engine's fused RoPE (TE layer spec) |
 | ``gradient_accumulation_fusion`` | ``--no-gradient-accumulation-fusion`` | apex's ``fused_weight_gradient_mlp_cuda``, with either spec: the output layer is always Megatron's ``ColumnParallelLinear``, which refuses the fusion without it (TE's layers would fuse on their own) |
 
-On CPU none applies, so the CPU suite runs the same unfused code as before.
+On CPU none applies, so the CPU suite runs the same unfused code as before. Some runs rule a fusion
+out whatever the kernels (:func:`blocked_fusions`, logged with the reason): TE's fused RoPE with
+per-sample positions, and TE's fused weight-gradient accumulation in ponder and latent mode.
 """
 
 from __future__ import annotations
@@ -48,6 +50,33 @@ def rope_fusion_blocked_reason(args) -> Optional[str]:
         return ("--reset-position-ids with --micro-batch-size > 1 gives every sample its own positions; "
                 "the fused RoPE kernel takes one table per microbatch")
     return None
+
+
+def grad_accumulation_fusion_blocked_reason(args, transformer_impl: str) -> Optional[str]:
+    """Why the TE layers of this run must not fuse the weight-gradient accumulation, or None.
+
+    Transformer Engine's layers *overwrite* ``main_grad`` instead of adding to it in the backward
+    of a call flagged as the first microbatch (``accumulate = fuse_wgrad_accumulation and not
+    is_first_microbatch``, in every TE linear module). Megatron's schedule flags the first forward
+    of a step, which in a multi-pass step is pass 0 of microbatch 0, and pass 0's backward runs
+    *after* the later passes' backwards: the fused path would drop their weight gradients. Unfused,
+    TE returns the weight gradient and Megatron's DDP hook adds it, which is correct in any order.
+    (Megatron's own linear layers, the local spec and the output layer, always add.)
+    """
+    if transformer_impl == "transformer_engine" and getattr(args, "ponder_mode", "none") != "none":
+        return (f"--ponder-mode {args.ponder_mode} runs several passes per microbatch, and TE's fused weight-gradient "
+                "accumulation overwrites main_grad in the first microbatch's backward, which runs after the later "
+                "passes' backwards")
+    return None
+
+
+def blocked_fusions(args, transformer_impl: str) -> Dict[str, str]:
+    """``{field: why it is off}`` for the fusions this run's data or method rules out."""
+    reasons = {
+        "apply_rope_fusion": rope_fusion_blocked_reason(args),
+        "gradient_accumulation_fusion": grad_accumulation_fusion_blocked_reason(args, transformer_impl),
+    }
+    return {field: reason for field, reason in reasons.items() if reason}
 
 
 def fusions_with_kernels(

@@ -31,13 +31,13 @@ def _derived_fields(args: argparse.Namespace) -> Dict[str, Any]:
     """The fields that do not come from a flag of their own name."""
     from megatron_ponder.model.architectures import tanh_gelu
     from megatron_ponder.model.specs import resolve_transformer_impl
-    from megatron_ponder.training.fusions import FUSION_FLAGS, fusions_with_kernels, rope_fusion_blocked_reason
+    from megatron_ponder.training.fusions import FUSION_FLAGS, blocked_fusions, fusions_with_kernels
 
     transformer_impl = resolve_transformer_impl(args.transformer_impl)
     # Runs saved before a flag existed lack it: those defaults (fusions asked for, GPU init).
     requested_fusions = {field: getattr(args, field, True) for field in FUSION_FLAGS}
-    if rope_fusion_blocked_reason(args):  # pretrain logs the reason
-        requested_fusions["apply_rope_fusion"] = False
+    for field in blocked_fusions(args, transformer_impl):  # pretrain logs the reasons
+        requested_fusions[field] = False
     derived: Dict[str, Any] = dict(
         layernorm_epsilon=args.norm_epsilon,  # Megatron-LM spells the flag --norm-epsilon too
         use_cpu_initialization=getattr(args, "use_cpu_initialization", False) or not torch.cuda.is_available(),

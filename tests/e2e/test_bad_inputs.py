@@ -375,7 +375,7 @@ def test_resume_with_another_tokenizer_of_the_same_vocabulary_size_refuses(capfd
 ])
 def test_storage_limits_are_named_with_their_fix(tmp_path, number, cause, fix):
     """A quota or a file-size limit gets its own cause and fix (it used to be a raw zip-writer message)."""
-    from megatron_ponder.training.checkpoint_errors import write_failure
+    from megatron_ponder.training.checkpointing.errors import write_failure
 
     wrapped = RuntimeError("Worker failure: unexpected pos 123")
     wrapped.__cause__ = OSError(number, os.strerror(number), str(tmp_path / "__0_0.distcp"))

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from megatron_ponder.pretrain import main
-from megatron_ponder.training.checkpoint_checksums import CHECKSUM_FILE, file_crc32
+from megatron_ponder.training.checkpointing.checksums import CHECKSUM_FILE, file_crc32
 from support.torchrun import REPO
 
 TINY = ["--mock-data", "--seq-length", "32", "--micro-batch-size", "2", "--eval-iters", "0", "--log-interval", "1"]

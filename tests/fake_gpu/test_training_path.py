@@ -48,10 +48,10 @@ def _save_recording_the_state(run, folder, monkeypatch):
     optimizer's sharded state dicts, the distributed optimizer's state, the generators, the
     folder) and after it (agreement on errors, barrier, the latest pointer) runs for real.
     """
-    from megatron_ponder.training import checkpointing
+    from megatron_ponder.training.checkpointing import save_load as checkpointing
 
     written = []
-    monkeypatch.setattr(checkpointing.dist_checkpointing, "save", lambda state, where: written.append((state, where)))
+    monkeypatch.setattr(checkpointing.dist_checkpointing, "save", lambda state, where, **strategy: written.append((state, where)))
     run_args = {k: v for k, v in vars(run.args).items() if isinstance(v, (int, float, str, bool, type(None), list, tuple))}
     saved = checkpointing.save_checkpoint(str(folder), 2, run.model, run.optimizer, run.scheduler, 4, run_args,
                                           run.args.use_distributed_optimizer)

@@ -20,7 +20,7 @@ def main(argv) -> None:
     from megatron_ponder.runtime.parallel_init import initialize_parallel, shutdown_parallel
     from megatron_ponder.training.arguments import finalize_args, parse_args
     from megatron_ponder.training.build import build_training_state, prepare_data
-    from megatron_ponder.training.checkpointing import load_checkpoint, save_checkpoint
+    from megatron_ponder.training.checkpointing.save_load import load_checkpoint, save_checkpoint
     from megatron_ponder.training.model_config import model_config
 
     args = parse_args(argv)

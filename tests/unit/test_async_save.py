@@ -1,4 +1,4 @@
-"""--async-save through Megatron-Core's dist_checkpointing async path (training/checkpointing.py):
+"""--async-save through Megatron-Core's dist_checkpointing async path (training/checkpointing/save_load.py):
 the shards are written by a background process from a snapshot, and the latest pointer and the
 retention move only when the save is finalized; a failed background write is the one-line
 CheckpointError of a synchronous save. World of one (the same calls run on every rank)."""
@@ -11,7 +11,7 @@ from megatron.core import dist_checkpointing
 
 from support.tiny_models import tiny_model
 
-from megatron_ponder.training.checkpointing import (
+from megatron_ponder.training.checkpointing.save_load import (
     AsyncSaves,
     CheckpointError,
     checkpoint_dir,

@@ -8,7 +8,7 @@ from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.transformer.utils import make_sharded_object_for_checkpoint
 from support.tiny_models import tiny_model
 
-from megatron_ponder.training.checkpointing import without_absent_extra_state
+from megatron_ponder.training.checkpointing.save_load import without_absent_extra_state
 
 # TE's core attention keeps FP8 state; the local spec's core attention has no _extra_state (its
 # linear layers do, under the same keys as TE's, so those load either way).

@@ -1,5 +1,5 @@
 """``--ckpt-fully-parallel-save/-load`` pick Megatron-Core's fully parallel strategy wrappers
-(training/checkpoint_strategies.py), over the data-parallel group, for synchronous and async saves
+(training/checkpointing/strategies.py), over the data-parallel group, for synchronous and async saves
 and for loads; neither flag is part of a run's identity. World of one (the wrappers then write and
 read as the plain strategy does; tests/parallel/test_fully_parallel_checkpoints.py runs DP=2)."""
 
@@ -15,15 +15,15 @@ from megatron.core.dist_checkpointing.strategies.fully_parallel import (
 
 from support.tiny_models import tiny_model
 
-from megatron_ponder.training import checkpoint_strategies
 from megatron_ponder.training.arguments import parse_args
-from megatron_ponder.training.checkpointing import (
+from megatron_ponder.training.checkpointing import strategies
+from megatron_ponder.training.checkpointing.save_load import (
     AsyncSaves,
     checkpoint_dir,
     load_checkpoint,
     save_checkpoint,
 )
-from megatron_ponder.training.run_identity import OPTIMIZER_STATE_FLAGS, identity_flags
+from megatron_ponder.training.checkpointing.run_identity import OPTIMIZER_STATE_FLAGS, identity_flags
 
 
 def test_flags_have_megatron_lm_names_and_defaults():
@@ -38,24 +38,24 @@ def test_flags_have_megatron_lm_names_and_defaults():
 
 def test_the_flags_pick_the_wrappers_over_the_data_parallel_group(megatron_world_of_one, tmp_path):
     group = parallel_state.get_data_parallel_group(with_context_parallel=True)
-    save = checkpoint_strategies.save_strategy(True)
+    save = strategies.save_strategy(True)
     assert isinstance(save, FullyParallelSaveStrategyWrapper) and save.parallelization_group is group
-    assert checkpoint_strategies.save_strategy(False) is None  # Megatron-Core's default
-    assert isinstance(checkpoint_strategies.async_save_strategy(True), FullyParallelSaveStrategyWrapper)
+    assert strategies.save_strategy(False) is None  # Megatron-Core's default
+    assert isinstance(strategies.async_save_strategy(True), FullyParallelSaveStrategyWrapper)
     root = tmp_path / "ckpt"
     root.mkdir()
     _save(root, 1, tiny_model("llama"), fully_parallel=False)  # 0.16 reads the folder to pick the base strategy
-    load = checkpoint_strategies.load_strategy(checkpoint_dir(str(root), 1), True)
+    load = strategies.load_strategy(checkpoint_dir(str(root), 1), True)
     assert isinstance(load, FullyParallelLoadStrategyWrapper) and load.parallelization_group is group
-    assert checkpoint_strategies.load_strategy(checkpoint_dir(str(root), 1), False) is None
+    assert strategies.load_strategy(checkpoint_dir(str(root), 1), False) is None
 
 
 def test_an_async_path_without_the_wrapper_says_so(megatron_world_of_one, monkeypatch, capsys):
     class WrapperWithoutAsyncSave:  # what a release without FullyParallelSaveStrategyWrapper.async_save has
         pass
 
-    monkeypatch.setattr(checkpoint_strategies, "save_strategy", lambda fully_parallel: WrapperWithoutAsyncSave())
-    assert checkpoint_strategies.async_save_strategy(True) is None
+    monkeypatch.setattr(strategies, "save_strategy", lambda fully_parallel: WrapperWithoutAsyncSave())
+    assert strategies.async_save_strategy(True) is None
     assert "has no async_save" in capsys.readouterr().out
 
 

@@ -147,6 +147,25 @@ def test_fusions_need_their_kernels():
     assert asked_off["apply_rope_fusion"] is False and asked_off["bias_dropout_fusion"] is True
 
 
+def test_te_fused_weight_gradient_accumulation_is_off_in_multi_pass_modes():
+    """TE overwrites main_grad in the backward of a call flagged first microbatch; in a multi-pass
+    step that backward (pass 0's) runs after the other passes', so the fused path would drop them."""
+    from types import SimpleNamespace
+
+    from megatron_ponder.training.fusions import blocked_fusions
+
+    def run(mode, **flags):
+        return SimpleNamespace(ponder_mode=mode, micro_batch_size=2, reset_position_ids=False, **flags)
+
+    for mode in ("ponder", "latent"):
+        blocked = blocked_fusions(run(mode), "transformer_engine")
+        assert list(blocked) == ["gradient_accumulation_fusion"] and "overwrites main_grad" in blocked[
+            "gradient_accumulation_fusion"]
+        assert blocked_fusions(run(mode), "local") == {}  # Megatron's own layers always add
+    assert blocked_fusions(run("none"), "transformer_engine") == {}
+    assert list(blocked_fusions(run("none", reset_position_ids=True), "transformer_engine")) == ["apply_rope_fusion"]
+
+
 def test_fusion_flags_are_megatron_lms():
     from megatron_ponder.training.arguments import parse_args
 

@@ -28,7 +28,7 @@ from megatron_ponder.hf.export import export_checkpoint, load_single_process_mod
 from megatron_ponder.hf.import_hf import import_hf_model
 from megatron_ponder.training.arguments import parse_args
 from megatron_ponder.training.build import build_model
-from megatron_ponder.training.checkpointing import save_weights_checkpoint
+from megatron_ponder.training.checkpointing.save_load import save_weights_checkpoint
 from megatron_ponder.training.model_config import model_config
 
 VOCAB, BATCH, LENGTH = 100, 2, 12
@@ -210,7 +210,7 @@ def test_export_writes_the_runs_tokenizer(megatron_world_of_one, tmp_path):
 
 
 def test_weights_only_checkpoint_needs_no_load_optim(megatron_world_of_one, tmp_path):
-    from megatron_ponder.training.checkpointing import CheckpointError, load_checkpoint
+    from megatron_ponder.training.checkpointing.save_load import CheckpointError, load_checkpoint
 
     model = tiny_megatron_checkpoint("llama", tmp_path / "megatron")
     with pytest.raises(CheckpointError, match="--no-load-optim"):

@@ -7,7 +7,7 @@ import io
 import torch
 import torch.distributed.checkpoint as dcp
 
-from megatron_ponder.training.checkpoint_errors import damaged_file, read_failure
+from megatron_ponder.training.checkpointing.errors import damaged_file, read_failure
 
 MARKER = []
 

@@ -106,7 +106,7 @@ def _take(folder: str):
 
 def acquire_run_lock(folder: Optional[str]) -> RunLock:
     """Lock ``folder`` for this run (all ranks call it); CheckpointError if another run holds it."""
-    from megatron_ponder.training.checkpointing import CheckpointError
+    from megatron_ponder.training.checkpointing.save_load import CheckpointError
 
     if not folder:
         return RunLock()

@@ -5,7 +5,7 @@ Layout under ``--save DIR``::
     DIR/iter_0000100/            one dist_checkpointing checkpoint (model, optimizer, scheduler,
                                  generators, iteration, consumed samples, run arguments)
     DIR/latest_checkpointed_iteration.txt
-    DIR/.megatron_ponder.lock    held by the run writing here (training/run_lock.py)
+    DIR/.megatron_ponder.lock    held by the run writing here (training/checkpointing/run_lock.py)
 
 A weights-only checkpoint (:func:`save_weights_checkpoint`, written by
 ``tools/convert_checkpoint.py import``) has the same layout without optimizer and scheduler;
@@ -22,7 +22,7 @@ completion files (``.metadata``, ``metadata.json``) are written by the finalizat
 only after every rank's writer has finished.
 
 ``--ckpt-fully-parallel-save`` (default) shares the writing out over the data-parallel ranks,
-``--ckpt-fully-parallel-load`` the reading (training/checkpoint_strategies.py).
+``--ckpt-fully-parallel-load`` the reading (training/checkpointing/strategies.py).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import load_sharded_metadata
 
-from megatron_ponder.training.checkpoint_errors import (
+from megatron_ponder.training.checkpointing.errors import (
     CHECKPOINT_FAILURES,
     damaged_load_message,
     read_failure,
@@ -175,8 +175,8 @@ def save_checkpoint(
     which returns the folder once it is complete on every rank.
     ``fully_parallel`` (``--ckpt-fully-parallel-save``): every data-parallel rank writes a share.
     """
-    from megatron_ponder.training.checkpoint_strategies import async_save_strategy, save_strategy
-    from megatron_ponder.training.rng_state import rng_sharded_object
+    from megatron_ponder.training.checkpointing.strategies import async_save_strategy, save_strategy
+    from megatron_ponder.training.checkpointing.rng_state import rng_sharded_object
 
     if async_saves is not None:
         async_saves.maybe_finalize_async_calls(blocking=True)  # one save in flight at a time
@@ -328,7 +328,7 @@ def _on_rank0_for_all(path: str, write: Callable[[], None]) -> None:
 
 def _write_checksums(folder: str) -> None:
     """Every rank hashes its share of the finished folder; rank 0 writes ``checksums.json``."""
-    from megatron_ponder.training.checkpoint_checksums import CHECKSUM_FILE, compute_checksums, write_checksum_file
+    from megatron_ponder.training.checkpointing.checksums import CHECKSUM_FILE, compute_checksums, write_checksum_file
 
     checksums = compute_checksums(folder)
     _on_rank0_for_all(os.path.join(folder, CHECKSUM_FILE), partial(write_checksum_file, folder, checksums))
@@ -336,7 +336,7 @@ def _write_checksums(folder: str) -> None:
 
 def verify_checkpoint_files(folder: str) -> None:
     """CheckpointError naming the first file that differs from the folder's checksums (all ranks)."""
-    from megatron_ponder.training.checkpoint_checksums import damaged_by_checksum
+    from megatron_ponder.training.checkpointing.checksums import damaged_by_checksum
 
     damaged = damaged_by_checksum(folder)
     if damaged:
@@ -358,7 +358,7 @@ def _fresh_folder(root: str, iteration: int) -> str:
 def _save_or_explain(state: Dict[str, Any], folder: str, sharded_strategy=None) -> None:
     """dist_checkpointing.save on all ranks; a failure is one CheckpointError line on every rank.
 
-    ``sharded_strategy``: None for Megatron-Core's default (training/checkpoint_strategies.py)."""
+    ``sharded_strategy``: None for Megatron-Core's default (training/checkpointing/strategies.py)."""
     from megatron_ponder.training.rank_agreement import agree_any_error
 
     message = None
@@ -466,8 +466,8 @@ def load_checkpoint(root: str, model, optimizer, scheduler, load_optimizer: bool
     ``fully_parallel`` (``--ckpt-fully-parallel-load``): each data-parallel rank reads a share and
     the ranks exchange the rest.
     """
-    from megatron_ponder.training.checkpoint_strategies import load_strategy
-    from megatron_ponder.training.rng_state import restore_rng, rng_request
+    from megatron_ponder.training.checkpointing.strategies import load_strategy
+    from megatron_ponder.training.checkpointing.rng_state import restore_rng, rng_request
 
     iteration = latest_iteration(root)
     if iteration is None:

@@ -84,7 +84,7 @@ def differing_flags(args, stored: Dict[str, Any], flags) -> List[str]:
 def stored_run_args(load_dir: str) -> Optional[Dict[str, Any]]:
     """The arguments stored in ``load_dir``'s latest checkpoint, or None when it has none."""
     from megatron_ponder.training.arguments import upgrade_saved_args
-    from megatron_ponder.training.checkpointing import checkpoint_dir, latest_iteration, read_common_state
+    from megatron_ponder.training.checkpointing.save_load import checkpoint_dir, latest_iteration, read_common_state
 
     iteration = latest_iteration(load_dir)
     if iteration is None:
@@ -96,7 +96,7 @@ def stored_run_args(load_dir: str) -> Optional[Dict[str, Any]]:
 def adopt_checkpoint_args(args: argparse.Namespace) -> List[str]:
     """``--use-checkpoint-args``: set the shape and method flags from ``--load``; returns the
     names of the flags that changed (before the data is prepared: the vocabulary is one of them)."""
-    from megatron_ponder.training.checkpointing import CheckpointError
+    from megatron_ponder.training.checkpointing.save_load import CheckpointError
 
     if not args.load:
         raise CheckpointError("--use-checkpoint-args needs --load DIR (the checkpoint to take them from)")
@@ -119,7 +119,7 @@ def check_resume_identity(args: argparse.Namespace, load_dir: str, stored: Dict[
     A weights-only checkpoint (an import of a stock model) is the start of a new method's run:
     only its shapes are compared, as with ``--finetune``.
     """
-    from megatron_ponder.training.checkpointing import CheckpointError
+    from megatron_ponder.training.checkpointing.save_load import CheckpointError
 
     shape = differing_flags(args, stored, [f for f in identity_flags(args) if f not in METHOD_FLAGS])
     method = [] if args.finetune or weights_only else differing_flags(args, stored, METHOD_FLAGS)
@@ -153,7 +153,7 @@ def _same_folder(a: Optional[str], b: Optional[str]) -> bool:
 
 def check_run_folders(args: argparse.Namespace) -> None:
     """The folder rules of the module docstring (same answer on every rank: files only)."""
-    from megatron_ponder.training.checkpointing import (
+    from megatron_ponder.training.checkpointing.save_load import (
         LATEST_FILE,
         CheckpointError,
         is_checkpoint_folder_name,
@@ -186,7 +186,7 @@ def check_run_folders(args: argparse.Namespace) -> None:
 
 def check_import_target(save_dir: str) -> None:
     """``convert_checkpoint.py import`` writes iteration 0: never into a folder holding a run."""
-    from megatron_ponder.training.checkpointing import CheckpointError, latest_iteration
+    from megatron_ponder.training.checkpointing.save_load import CheckpointError, latest_iteration
 
     if os.path.isdir(save_dir) and latest_iteration(save_dir) is not None:
         raise CheckpointError(f"--save {save_dir} already holds checkpoints (latest iteration "
@@ -205,7 +205,7 @@ def prepare_resume(args: argparse.Namespace) -> None:
 
 def verify_resume(args: argparse.Namespace) -> None:
     """After the data set-up (the vocabulary is known): the identity rules against ``--load``."""
-    from megatron_ponder.training.checkpointing import checkpoint_dir, latest_iteration, read_common_state
+    from megatron_ponder.training.checkpointing.save_load import checkpoint_dir, latest_iteration, read_common_state
 
     iteration = latest_iteration(args.load) if args.load and os.path.isdir(args.load) else None
     if iteration is None:
