@@ -319,10 +319,11 @@ def grad_rounds_markdown(out: Path, runs: Dict[str, List[Run]], iters: int, plot
              f"`python benchmarks/training_dynamics.py --stages grad-rounds --jobs 1` (the main job's defaults at "
              f"{iters} steps, one run at a time) and `python benchmarks/training_dynamics_report.py --grad-rounds`. "
              "K: the Jacobi rounds (latent, J drawn from {2, 3}) or ponder steps (S=3) that build the autograd graph; "
-             "all = the papers' path. Training FLOPs count a pass without a graph as its forward only. Step time: "
-             "median `step_seconds` of the run (one thread; other jobs shared the 2 cores, so compare within a "
-             "row's corpus and time of day only); peak RSS: the process's resident high-water mark (wait4), the "
-             "trainer's own figure in brackets.", ""]
+             "all = the papers' path. Training FLOPs count a pass without a graph as its forward only. Step s: "
+             "the median and the 10th percentile of the run's `step_seconds` (wall, one thread; other jobs shared "
+             "the 2 cores, at times 30 processes to a core, so the fastest steps are the cleaner figure); CPU s / "
+             "step: the process's CPU time (wait4) over its steps, start-up and evaluations included; peak RSS: "
+             "the process's resident high-water mark (wait4), the trainer's own figure in brackets.", ""]
     for corpus, corpus_runs in runs.items():
         chosen = _grad_runs(corpus_runs, iters)
         if not chosen:
@@ -331,8 +332,8 @@ def grad_rounds_markdown(out: Path, runs: Dict[str, List[Run]], iters: int, plot
         evals = sorted({r["iteration"] for run in chosen for r in run.valid if r["iteration"] > 0})
         lines += [f"### Corpus `{corpus}`", "",
                   "| run | FLOPs / token | vs K=all | vs vanilla | " + " | ".join(f"valid @{i}" for i in evals)
-                  + " | final vs K=all | s/iter | peak RSS MiB | wall s |",
-                  "|---" * (len(evals) + 8) + "|"]
+                  + " | final vs K=all | step s (median / p10) | CPU s / step | peak RSS MiB | wall s |",
+                  "|---" * (len(evals) + 9) + "|"]
         vanilla_step = grad_step_flops(Setting(corpus, "none", iters=iters, **DEFAULTS["none"]), 0)
         for run in chosen:
             s = run.setting
@@ -348,14 +349,16 @@ def grad_rounds_markdown(out: Path, runs: Dict[str, List[Run]], iters: int, plot
             ratio_vanilla = f"{sum(flops) / (len(flops) * vanilla_step):.2f}x"
             at = {r["iteration"]: r["loss"] for r in run.valid}
             delta = f"{run.final - full.final:+.3f}" if full and s.mode != "none" else "-"
-            step = statistics.median(r["step_seconds"] for r in run.train)
+            steps = sorted(r["step_seconds"] for r in run.train)
+            step = f"{statistics.median(steps):.2f} / {steps[len(steps) // 10]:.2f}"
             info = json.loads((out / s.folder / "run.json").read_text())
+            cpu = f"{info['cpu_seconds'] / s.iters:.2f}" if "cpu_seconds" in info else "-"
             rss = info.get("peak_rss_mib")
             logged_rss = _log_peak_rss(out / s.folder)
             rss_cell = ("-" if rss is None else f"{rss:.0f}") + ("" if logged_rss is None else f" ({logged_rss:.0f})")
             lines.append(f"| {_grad_label(s)} | {token_cost:.3g} | {ratio_all} | {ratio_vanilla} | "
                          + " | ".join(f"{at[i]:.4f}" if i in at else "-" for i in evals)
-                         + f" | {delta} | {step:.2f} | {rss_cell} | {run.wall_seconds:.0f} |")
+                         + f" | {delta} | {step} | {cpu} | {rss_cell} | {run.wall_seconds:.0f} |")
         if vanilla:
             budget = vanilla.flops_at(vanilla.setting.iters)
             lines += ["", f"At equal training FLOPs: vanilla's whole run ({budget:.2e} FLOPs) ends at {vanilla.final:.4f}; "
