@@ -262,28 +262,13 @@ def _tiny_config(setting: Setting):
 
 
 def grad_step_flops(setting: Setting, jacobi_rounds: int) -> float:
-    """Training FLOPs of one step (8 x 128 tokens) of a run of the study, pass by pass.
+    """Training FLOPs of one step (8 x 128 tokens) of a run of the study: ``training.flops.step_flops``,
+    which counts a pass without a graph (the leading passes --jacobi-grad-rounds / --ponder-grad-steps
+    truncate) as its forward only. Recomputed here from the setting rather than read from the log,
+    because runs made before that count landed logged every pass at 3x its forward."""
+    from megatron_ponder.training.flops import step_flops
 
-    A pass that builds its autograd graph costs its forward 3x (forward + backward), one that runs
-    without a graph (``Pass.builds_graph`` False: the leading passes that --jacobi-grad-rounds /
-    --ponder-grad-steps truncate) its forward once: it has no backward. Counted here from the pass
-    plan with ``training.flops``' per-pass formulas because the FLOPs the runs logged
-    (``training.flops.step_flops`` when they ran) counted every pass 3x; for K = all both agree
-    (checked in :func:`grad_rounds_markdown`).
-    """
-    from megatron_ponder.model.passes import PassKind, plan_for_config
-    from megatron_ponder.training.flops import _layers_forward, _output_forward
-
-    config = _tiny_config(setting)
-    batch, total = 8, 0.0
-    for p in plan_for_config(config, jacobi_rounds):
-        forward = _layers_forward(config, p.slots_per_token * SEQ_LENGTH, batch)
-        if setting.mode != "latent" or p.kind == PassKind.FINAL:  # logits: every ponder pass, latent's last
-            forward += _output_forward(config, SEQ_LENGTH, batch, VOCAB)
-        if setting.mode == "ponder" and p.kind == PassKind.PONDER_FEEDBACK:  # the mixture p @ E
-            forward += _output_forward(config, SEQ_LENGTH, batch, VOCAB)
-        total += (3.0 if p.builds_graph else 1.0) * forward
-    return total
+    return step_flops(_tiny_config(setting), SEQ_LENGTH, 8, VOCAB, jacobi_rounds)
 
 
 def _run_flops(run: Run) -> List[float]:
@@ -340,9 +325,9 @@ def grad_rounds_markdown(out: Path, runs: Dict[str, List[Run]], iters: int, plot
             flops = _run_flops(run)
             # The same steps (same J draws) with every pass building its graph: the logged FLOPs when K = all.
             all_rounds = _run_flops(replace(run, setting=replace(s, grad=None)))
-            if s.grad is None:
+            if s.grad is None:  # every pass builds its graph: what any version of flops.py logged
                 logged = [r["flops"] for r in run.train]
-                assert all(abs(a - b) <= 1e-6 * b for a, b in zip(flops, logged)), "FLOP count differs from flops.py"
+                assert all(abs(a - b) <= 1e-6 * b for a, b in zip(flops, logged)), "FLOP count differs from the log"
             full = next((r for r in chosen if r.setting.mode == s.mode and r.setting.grad is None), None)
             token_cost = sum(flops) / (len(flops) * 8 * SEQ_LENGTH)
             ratio_all = f"{sum(flops) / sum(all_rounds):.3f}x"
