@@ -155,7 +155,7 @@ def test_te_fused_weight_gradient_accumulation_is_off_in_multi_pass_modes():
     from megatron_ponder.training.fusions import blocked_fusions
 
     def run(mode, **flags):
-        return SimpleNamespace(ponder_mode=mode, micro_batch_size=2, reset_position_ids=False, **flags)
+        return SimpleNamespace(**{"ponder_mode": mode, "micro_batch_size": 2, "reset_position_ids": False, **flags})
 
     for mode in ("ponder", "latent"):
         blocked = blocked_fusions(run(mode), "transformer_engine")
