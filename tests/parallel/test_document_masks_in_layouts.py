@@ -23,8 +23,10 @@ LAYOUTS = {
     "tp2-sp": (2, ["--tp", "2", "--sp"]),
     "cp2": (2, ["--cp", "2"]),
     "pp2": (2, ["--pp", "2"]),
-    "pp2-cp2": (4, ["--pp", "2", "--cp", "2"]),
 }
+# (PP=2 x CP=2 also passes, `document_mask_worker.py --pp 2 --cp 2` under 4 processes; left out of
+# CI: four processes on its two cores cost minutes, and the CP mask split and the pipeline's masks
+# are each covered above.)
 # GPT-2 style (learned absolute positions: the restarted positions reach the embedding) where
 # the sequence is split.
 CASES = [("llama", name) for name in LAYOUTS] + [("gpt2", "cp2")]

@@ -28,7 +28,6 @@ LAYOUTS = {
     "tp2-sp": (2, ["--tp", "2", "--sp"]),
     "cp2": (2, ["--cp", "2"]),
     "dp2-distopt": (2, ["--distributed-optimizer"]),
-    "pp2-mb4": (2, ["--pp", "2"]),
     "pp2-recompute-full": (2, ["--pp", "2", "--recompute", "full"]),
     "pp4-middle-stages": (4, ["--pp", "4"]),
 }
