@@ -42,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore")
 
-from mode_cost import _status_bytes, machine  # same resident-memory probe (a sibling script)
+from mode_cost import _status_bytes, machine, training_loss  # same probes and forward (a sibling script)
 
 MODES = {
     "none": {"ponder_mode": "none"},
@@ -144,7 +144,7 @@ def worker(shape_name: str, mode: str, impl: str, steps: int) -> None:
         run = lambda: model(input_ids=tokens, attention_mask=mask, labels=tokens).loss.backward()  # noqa: E731
     else:
         model.train()
-        run = lambda: model(tokens, positions, None, labels=labels).mean().backward()  # noqa: E731
+        run = lambda: training_loss(model, tokens, positions, labels).mean().backward()  # noqa: E731
 
     def step():
         model.zero_grad(set_to_none=True)

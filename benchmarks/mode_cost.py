@@ -86,10 +86,22 @@ def model_flops(shape: dict, model) -> float:
     return step_flops(model.config, shape["seq"], shape["batch"], shape["vocab"], rounds)
 
 
+def training_loss(model, tokens, positions, labels):
+    """Per-token loss [b, L] of the model's training forward at the step's J.
+
+    Latent mode: J drawn from ``jacobi_train_rounds`` as the training step draws it (the
+    benchmarks fix the range to one J); without ``num_jacobi_rounds`` the forward would run
+    ``jacobi_eval_rounds`` (3) whatever the mode's J.
+    """
+    config = model.config
+    rounds = config.jacobi_rounds_for_iteration(1) if config.ponder_mode == "latent" else None
+    return model(tokens, positions, None, labels=labels, num_jacobi_rounds=rounds)
+
+
 def step(model, data) -> None:
     tokens, labels, positions = data
     model.zero_grad(set_to_none=True)
-    model(tokens, positions, None, labels=labels).sum().backward()
+    training_loss(model, tokens, positions, labels).sum().backward()
 
 
 # ------------------------------------------------------------------ part 1: step time

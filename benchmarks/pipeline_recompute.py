@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 from megatron_ponder.variants import RECOMPUTE, label, variant
+from mode_cost import training_loss  # the training forward at the step's J (a sibling script)
 
 REPO = Path(__file__).resolve().parents[1]
 warnings.filterwarnings("ignore")
@@ -84,7 +85,7 @@ def saved_activation_bytes(model, tokens, labels, positions) -> int:
 
     parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(tokens, positions, None, labels=labels).sum()
+        loss = training_loss(model, tokens, positions, labels).sum()
     loss.backward()
     return sum(size for ptr, size in seen.items() if ptr not in parameters)
 
@@ -104,7 +105,7 @@ def single_process_table(repeats: int):
             for _ in range(repeats):
                 model.zero_grad(set_to_none=True)
                 start = time.perf_counter()
-                model(tokens, positions, None, labels=labels).sum().backward()
+                training_loss(model, tokens, positions, labels).sum().backward()
                 times.append(time.perf_counter() - start)
             rows.append(dict(mode=mode, recompute=recompute, passes=passes_per_step(fields),
                              step_ms=1000 * statistics.median(times), activation_mib=memory / 2**20))

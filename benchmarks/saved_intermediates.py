@@ -51,7 +51,7 @@ def main() -> int:
         for fields in VARIANTS.values():
             bench.IMPLS["variant"] = fields
             model = bench.build_megatron(shape, mode, "variant").train()
-            cells.append(saved_mib(model, lambda: model(tokens, positions, None, labels=labels).mean()))
+            cells.append(saved_mib(model, lambda: bench.training_loss(model, tokens, positions, labels).mean()))
         hf = bench.build_hf(shape, mode, bench.build_megatron(shape, mode, "megatron after"))
         mask = torch.ones_like(tokens)
         cells.append(saved_mib(hf, lambda: hf(input_ids=tokens, attention_mask=mask, labels=tokens).loss))

@@ -119,3 +119,29 @@ def test_training_dynamics_grad_rounds_tiny(tmp_path):
     assert 0.6 < float(rows["latent N=1, K=1"]["vs K=all"].rstrip("x")) < 0.8
     assert all(float(r["peak RSS MiB"].split()[0]) > 100 for r in rows.values())
     assert (tmp_path / "report_grad_rounds_stdlib.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_benchmark_forward_runs_the_modes_j(megatron_world_of_one, single_intra_op_thread, rounds):
+    """The benchmarks' training forward (mode_cost.training_loss, also used by hf_vs_megatron,
+    saved_intermediates and pipeline_recompute) runs the mode's J, not ``jacobi_eval_rounds``
+    (3): a latent N=2 step is N + J + 1 decoder passes. Without it the "latent N=2 J=2" rows ran
+    J=3 against the HF model's J=2 and read as a 1.25x regression."""
+    import importlib
+
+    import torch
+    from megatron_ponder.variants import variant
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        mode_cost = importlib.import_module("mode_cost")
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    model = mode_cost.build(mode_cost.SHAPES["tiny"], variant("latent2", rounds=(rounds, rounds)), "none")
+    passes = []
+    model.decoder.register_forward_hook(lambda module, args, output: passes.append(1))
+    tokens = torch.randint(0, mode_cost.SHAPES["tiny"]["vocab"], (2, 8))
+    positions = torch.arange(8).expand(2, -1)
+    loss = mode_cost.training_loss(model, tokens, positions, tokens)
+    assert loss.shape == (2, 8)
+    assert len(passes) == 2 + rounds + 1
