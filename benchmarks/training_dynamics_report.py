@@ -175,6 +175,18 @@ def corpus_markdown(corpus: str, runs: List[Run], plot_name: str) -> str:
     return "\n".join(lines)
 
 
+def _style_loss_axes(by_tokens, by_flops, flops_title: str, flops_label: str) -> None:
+    """The loss-against-tokens and loss-against-FLOPs panels: titles, labels, grid, legend, log FLOPs."""
+    for axes, title in ((by_tokens, "validation loss, equal tokens"), (by_flops, flops_title)):
+        axes.set_ylabel("loss (nats / token)")
+        axes.set_title(title)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7)
+    by_tokens.set_xlabel("training tokens (millions)")
+    by_flops.set_xlabel(flops_label)
+    by_flops.set_xscale("log")
+
+
 def plot_corpus(runs: List[Run], path: Path) -> None:
     """Four panels: valid loss vs tokens (the main job's defaults, else the best run, per method; the long
     runs), vs FLOPs, grad norms of the LR sweep, Jacobi residuals."""
@@ -200,15 +212,9 @@ def plot_corpus(runs: List[Run], path: Path) -> None:
                        color=color[s.mode], markersize=3, label=label)
         by_flops.plot([run.flops_at(r["iteration"]) for r in valid], [r["loss"] for r in valid], style,
                       color=color[s.mode], markersize=3, label=label)
-    for axes, title in ((by_tokens, "validation loss, equal tokens"), (by_flops, "validation loss vs compute")):
+    _style_loss_axes(by_tokens, by_flops, "validation loss vs compute", "training FLOPs (all passes)")
+    for axes in (by_tokens, by_flops):
         axes.set_ylim(lowest - 0.1, lowest + 2.0)
-        axes.set_ylabel("loss (nats / token)")
-        axes.set_title(title)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
-    by_tokens.set_xlabel("training tokens (millions)")
-    by_flops.set_xlabel("training FLOPs (all passes)")
-    by_flops.set_xscale("log")
     dashes = {1e-3: ":", 3e-3: "-", 1e-2: "--"}
     for run in runs:  # the LR sweep: grad norms per method and LR
         s = run.setting
@@ -394,14 +400,8 @@ def plot_grad_rounds(runs: List[Run], iters: int, path: Path) -> None:
                   markersize=3, label=_grad_label(run.setting))
         by_tokens.plot([r["iteration"] * 8 * SEQ_LENGTH / 1e6 for _, r in valid], [r["loss"] for _, r in valid], **kw)
         by_flops.plot([f for f, _ in valid], [r["loss"] for _, r in valid], **kw)
-    for axes, title in ((by_tokens, "validation loss, equal tokens"), (by_flops, "validation loss vs training FLOPs")):
-        axes.set_ylabel("loss (nats / token)")
-        axes.set_title(title)
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize=7)
-    by_tokens.set_xlabel("training tokens (millions)")
-    by_flops.set_xlabel("training FLOPs (passes without a graph: forward only)")
-    by_flops.set_xscale("log")
+    _style_loss_axes(by_tokens, by_flops, "validation loss vs training FLOPs",
+                     "training FLOPs (passes without a graph: forward only)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=80)
