@@ -69,6 +69,6 @@ setup(
         # The suite runs every CPU-runnable feature: DALI loader (CPU pipelines), HF conversion and
         # the lm-eval recipe, the reproduction report (draws its loss-curve PNG), wandb logging
         # (offline mode).
-        "test": ["pytest>=8.0", *DALI, *HF, *EVAL, *BENCH, *WANDB],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", *DALI, *HF, *EVAL, *BENCH, *WANDB],
     },
 )
