@@ -83,8 +83,8 @@ GRAD_COUNTS = ("1", "2", "all")
 # both corpora (docs/training_dynamics.md); the ``defaults`` stage runs each on every corpus.
 DEFAULTS = {
     "none": dict(lr=3e-3, init="ponderlm", warmup=60),
-    "ponder": dict(lr=3e-3, init="ponderlm", warmup=20, scale=math.sqrt(HIDDEN)),
-    "latent": dict(lr=3e-3, init="ponderlm", warmup=20),
+    "ponder": dict(lr=3e-3, init="ponderlm", warmup=20, scale=math.sqrt(HIDDEN), grad=2),
+    "latent": dict(lr=3e-3, init="ponderlm", warmup=20, grad=2),
 }
 PROSE_GLOB = "/usr/share/doc/python3*/html/_sources"
 

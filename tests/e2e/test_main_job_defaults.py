@@ -48,7 +48,7 @@ def script_command(tmp_path, mode, *flags, **settings):
     fake = tmp_path / "python"
     fake.write_text(RECORDER.format(python=sys.executable, out=str(recorded)))
     fake.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k not in ("LR", "PONDER_MODE", "INIT_STYLE", "LR_WARMUP_FRACTION", "INPUT_EMBEDDING_SCALE")}
+    env = {k: v for k, v in os.environ.items() if k not in ("LR", "PONDER_MODE", "INIT_STYLE", "LR_WARMUP_FRACTION", "INPUT_EMBEDDING_SCALE", "GRAD_PASSES")}
     env.update(PYTHON=str(fake), PONDER_MODE=mode, LOCAL_RANK="0", RANK="1", RUN_DIR=str(tmp_path / "run"), **settings)
     subprocess.run(["bash", str(SCRIPT), *flags], env=env, check=True, capture_output=True, text=True, timeout=60)
     return json.loads(recorded.read_text())
@@ -78,6 +78,14 @@ def test_an_explicit_setting_still_wins(tmp_path):
     received = flag_values(script_command(tmp_path, "ponder", LR="7e-4", INIT_STYLE="megatron", LR_WARMUP_FRACTION="0.1"))
     assert (received["--lr"], received["--init-style"], received["--lr-warmup-fraction"]) == ("7e-4", "megatron", "0.1")
     assert flag_values(script_command(tmp_path, "ponder", "--lr", "2e-4"))["--lr"] == "2e-4"  # appended flags win
+    assert flag_values(script_command(tmp_path, "latent", GRAD_PASSES="all"))["--jacobi-grad-rounds"] == "all"
+    assert "--ponder-grad-steps" not in flag_values(script_command(tmp_path, "ponder", GRAD_PASSES=""))
+
+
+def test_grad_passes_without_passes_to_truncate_is_refused(tmp_path):
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        script_command(tmp_path, "none", GRAD_PASSES="2")
+    assert "only ponder and latent" in refused.value.stderr
 
 
 def test_the_study_checked_the_settings_the_doc_names():
@@ -92,3 +100,5 @@ def test_the_study_checked_the_settings_the_doc_names():
         assert studied["warmup"] == (20 if warmup == "(mode default)" else round(float(warmup) * 300)), mode
         scale = flags["--input-embedding-scale"]
         assert studied.get("scale") == {"(mode default)": None, "sqrt-hidden": math.sqrt(128)}[scale], mode
+        passes = {flags["--ponder-grad-steps"], flags["--jacobi-grad-rounds"]} - {"(mode default)"}
+        assert studied.get("grad") == (int(passes.pop()) if passes else None), mode
