@@ -331,7 +331,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-dp", action="store_true", help="skip part 2 (DP=2 overlap)")
     parser.add_argument("--truncated-only", action="store_true",
                         help="only the truncated-backpropagation table (issue 24): K=1 rows and their all-rounds modes")
-    parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks" / "hf_vs_megatron.md"))
+    parser.add_argument("--output", default=None,
+                        help="markdown file to write (default: docs/benchmarks/hf_vs_megatron.md for the full "
+                             "benchmark; with --truncated-only the table is only printed, so the page's other "
+                             "tables stay)")
     args = parser.parse_args(argv)
     shape_name = "tiny" if args.tiny else "h256"
     results = part1(shape_name, args.repeats, args.steps, args.truncated_only)
@@ -339,12 +342,13 @@ def main(argv=None) -> int:
     if args.truncated_only:
         text = "\n".join([f"Produced by `{command}` on {machine()}, shape `{shape_name}`.", "",
                           *truncated_intro(), *truncated_table(results)]) + "\n"
-        Path(args.output).write_text(text)
+        if args.output:
+            Path(args.output).write_text(text)
         print(text)
         return 0
     overlap = None if args.no_dp else part2(shape_name, args.repeats, args.steps + 1)
     text = markdown(shape_name, results, overlap, args.repeats, args.steps, command)
-    Path(args.output).write_text(text)
+    Path(args.output or REPO / "docs" / "benchmarks" / "hf_vs_megatron.md").write_text(text)
     print(text)
     return 0
 

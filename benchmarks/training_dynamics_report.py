@@ -308,7 +308,8 @@ def _log_peak_rss(folder: Path) -> Optional[float]:
 def grad_rounds_markdown(out: Path, runs: Dict[str, List[Run]], iters: int, plot_name: str) -> str:
     lines = [GRAD_SECTION, "",
              f"`python benchmarks/training_dynamics.py --stages grad-rounds --jobs 1` (the main job's defaults at "
-             f"{iters} steps, one run at a time) and `python benchmarks/training_dynamics_report.py --grad-rounds`. "
+             f"{iters} steps, each run one process with one thread; on pydocs two ran side by side) and "
+             "`python benchmarks/training_dynamics_report.py --grad-rounds`. "
              "K: the Jacobi rounds (latent, J drawn from {2, 3}) or ponder steps (S=3) that build the autograd graph; "
              "all = the papers' path. Training FLOPs count a pass without a graph as its forward only. Step s: "
              "the median and the 10th percentile of the run's `step_seconds` (wall, one thread; other jobs shared "

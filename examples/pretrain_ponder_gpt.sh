@@ -3,8 +3,9 @@
 #
 # With no arguments, on any machine and offline: builds the built-in corpus (the Python standard
 # library sources of this interpreter) and a byte-level BPE tokenizer trained on it, trains a
-# small latent-thought model (PonderLM-2, N=1 thought per token, J in {2,3} Jacobi rounds) for a
-# few minutes, evaluates it, saves a checkpoint and prints where everything went.
+# small latent-thought model (PonderLM-2, N=1 thought per token, J in {2,3} Jacobi rounds, the
+# gradient through the last 2 passes) for a few minutes, evaluates it, saves a checkpoint and
+# prints where everything went.
 # One process per GPU; without a GPU, 2 CPU processes over gloo (data parallel).
 #
 # Three ways to launch it (the settings below hold for all three):
