@@ -36,9 +36,9 @@ def _cores() -> int:
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; plain pytest runs without it
 def pytest_xdist_auto_num_workers(config):
-    """The worker count of ``-n auto`` (the README's test command): 0 (this process) for tests/gpu alone, whose
-    tests share the one GPU, for one file (``--dist loadfile`` keeps a file on one worker anyway)
-    and on a one-core machine; else two."""
+    """The worker count of ``-n auto`` (the README's test command): 0 (this process) for
+    tests/gpu alone, whose tests share the one GPU, for one file (``--dist loadfile`` keeps a
+    file on one worker anyway) and on a one-core machine; else two."""
     invocation_dir = Path(config.invocation_params.dir)
     if only_gpu_tests_asked(config.args, invocation_dir):
         return 0
