@@ -2,8 +2,8 @@
 per tolerance, against the fixed rounds (tolerance 0).
 
 A latent model at the main job's shape and budget (cpu-tiny, N=1, J drawn from {2, 3}, 300 steps
-x 8 samples x 128 tokens, the main job's per-mode settings, seed 1234, the built-in corpus) is
-trained once into ``--checkpoint`` (skipped when it already holds the finished run), then
+x 8 samples x 128 tokens, the main job's per-mode settings with every round backpropagated, seed
+1234, on ``--corpus``: the built-in one or the study's prose) is trained once into ``--out`` (skipped when it already holds the finished run), then
 evaluated by the public entry point (``python -m megatron_ponder.pretrain --load``: a finished
 run only evaluates) at every tolerance of ``--tols`` with ``--jacobi-eval-rounds`` 3 (the main
 job's cap), on the same 12 held-out batches. One process, one thread.
@@ -14,6 +14,7 @@ tolerance 0, mean Jacobi rounds per microbatch, and the passes of an evaluation 
 
     python benchmarks/adaptive_jacobi_eval.py --out /tmp/adaptive            # trains, then evaluates
     python benchmarks/adaptive_jacobi_eval.py --out /tmp/adaptive --tols 0,1e-3,5e-3,2e-2
+    python benchmarks/adaptive_jacobi_eval.py --out /tmp/adaptive-prose --corpus pydocs
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ CAP = 3  # --jacobi-eval-rounds of the main job (and of the checkpoint: a resume
 TRAIN_ITERS = 300
 
 
-def run_flags(data: Path, checkpoint: Path) -> List[str]:
-    """The main job's latent run (benchmarks/training_dynamics.py's settings and DEFAULTS)."""
-    return ["--preset", "cpu-tiny", "--default-corpus", str(data), "--vocab-size", "4096", "--seq-length", "128",
+def run_flags(data: List[str], checkpoint: Path) -> List[str]:
+    """The main job's latent run (benchmarks/training_dynamics.py's settings and DEFAULTS, but every
+    Jacobi round backpropagated) on the corpus of ``data`` (training_dynamics.data_flags)."""
+    return ["--preset", "cpu-tiny", *data, "--vocab-size", "4096", "--seq-length", "128",
             "--micro-batch-size", "8", "--train-iters", str(TRAIN_ITERS), "--lr", "3e-3", "--lr-warmup-iters", "20",
             "--init-style", "ponderlm", "--seed", "1234", "--eval-interval", str(TRAIN_ITERS), "--eval-iters", "12",
             "--log-interval", "30", "--ponder-mode", "latent", "--num-latent-thoughts", str(THOUGHTS),
@@ -51,7 +53,7 @@ def pretrain(flags: List[str], log: Path) -> None:
         sys.exit(f"error: pretrain failed ({log}):\n" + log.read_text()[-2000:])
 
 
-def evaluate(out: Path, data: Path, checkpoint: Path, tolerance: str) -> dict:
+def evaluate(out: Path, data: List[str], checkpoint: Path, tolerance: str) -> dict:
     metrics = out / f"eval-tol{tolerance}.jsonl"
     if not metrics.exists():
         partial = metrics.with_suffix(".partial")
@@ -67,13 +69,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/adaptive_jacobi_eval"))
     parser.add_argument("--tols", default="0,1e-3,3e-3,1e-2", help="comma-separated; 0 (fixed rounds) first")
+    parser.add_argument("--corpus", choices=["stdlib", "pydocs"], default="stdlib",
+                        help="the training-dynamics study's corpora: the built-in one, or English prose")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    data, checkpoint = args.out / "data-stdlib", args.out / "checkpoint"
-    sys.path.insert(0, str(REPO))
-    from megatron_ponder.data.default_corpus import prepare_default_corpus
+    sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+    from training_dynamics import data_flags  # the study's corpora (a sibling script)
 
-    prepare_default_corpus(data)
+    data, checkpoint = data_flags(args.corpus, args.out), args.out / "checkpoint"
     pointer = checkpoint / "latest_checkpointed_iteration.txt"
     if not pointer.exists() or pointer.read_text().strip() != str(TRAIN_ITERS):
         print(f"training the main job's latent model into {checkpoint} ({TRAIN_ITERS} steps, one core)", flush=True)
@@ -84,7 +87,7 @@ def main() -> None:
         tolerances.insert(0, "0")
     fixed = evaluate(args.out, data, checkpoint, tolerances[0])
     passes_fixed = THOUGHTS + CAP + 1
-    print(f"latent N={THOUGHTS}, cap J={CAP}, 12 validation batches of 8 x 128 tokens; residual = "
+    print(f"{args.corpus}: latent N={THOUGHTS}, cap J={CAP}, 12 validation batches of 8 x 128 tokens; residual = "
           "||z^j - z^(j-1)||^2 / numel")
     print("| tolerance | val loss | ppl | ppl vs fixed | mean rounds | rounds vs fixed | eval passes vs fixed |")
     print("|---|---|---|---|---|---|---|")
