@@ -76,7 +76,7 @@ if [[ -n "$GRAD_PASSES" ]]; then
     case "$PONDER_MODE" in
         ponder) SCHEDULE_ARGS+=(--ponder-grad-steps "$GRAD_PASSES") ;;
         latent) SCHEDULE_ARGS+=(--jacobi-grad-rounds "$GRAD_PASSES") ;;
-        *) echo "pretrain_ponder_gpt.sh: GRAD_PASSES=$GRAD_PASSES: only ponder and latent have passes to truncate" >&2; exit 2 ;;
+        *) echo "pretrain_ponder_gpt.sh: GRAD_PASSES=$GRAD_PASSES: only ponder and latent have passes to truncate; unset GRAD_PASSES for PONDER_MODE=$PONDER_MODE" >&2; exit 2 ;;
     esac
 fi
 SAVE_INTERVAL=${SAVE_INTERVAL:-100}
